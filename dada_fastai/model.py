@@ -1,0 +1,322 @@
+"""The DADA network: a timm backbone at output stride 8, the depth block, feature fusion, the DeepLab-v2
+classifier, and the DCGAN-style discriminator; plus loading of the reference implementation's weights."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import Bottleneck, ResNet
+from torch import nn
+
+__all__ = ['DeepLabBottleneck', 'DeepLabResNet', 'REFERENCE_ARCH', 'REFERENCE_BGR_MEAN', 'create_backbone', 'DepthBlock',
+           'DeepLabV2Classifier', 'DADA', 'Discriminator', 'official_deeplabv2_depth', 'official_deeplabv2',
+           'load_official_state_dict', 'load_weights_file', 'WeightsError', 'freeze_bn_affine',
+           'param_groups']
+
+REFERENCE_ARCH = 'deeplabv2_resnet101'  # the timm name under which the reference backbone is registered
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference DeepLab-v2 ResNet as a timm ResNet
+# ---------------------------------------------------------------------------------------------------------
+class DeepLabBottleneck(Bottleneck):
+    """timm Bottleneck with the stride on the first 1x1 conv and the stage's dilation on every block."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 dilation: int = 1, first_dilation: int | None = None, **kwargs):
+        # timm gives the first block of a dilated stage the previous stage's dilation: the reference does not
+        super().__init__(inplanes, planes, 1, downsample, dilation=dilation, first_dilation=dilation, **kwargs)
+        self.conv1 = nn.Conv2d(inplanes, self.conv1.out_channels, 1, stride=stride, bias=False)
+
+
+class DeepLabResNet(ResNet):
+    """timm ResNet with the reference's ceil-mode stem max-pool (a 96x160 input gives 13x21 features)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+
+
+def _reference_cfg() -> dict:
+    # the reference feeds BGR images in 0..255 with `reference_bgr_mean` subtracted and no std
+    return dict(url='', num_classes=0, input_size=(3, 512, 1024), mean=(0., 0., 0.), std=(1 / 255,) * 3,
+                first_conv='conv1', classifier='fc', license='see the DADA and DeepLab releases')
+
+
+default_cfgs = generate_default_cfgs({REFERENCE_ARCH: _reference_cfg()})  # read by timm's register_model
+REFERENCE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # the reference's mean, BGR order, 0..255
+
+
+@register_model
+def deeplabv2_resnet101(pretrained: bool = False, layers: Sequence[int] = (3, 4, 23, 3), **kwargs) -> ResNet:
+    """The reference DeepLab-v2 ResNet-101 backbone (set `layers` for smaller copies)."""
+    kwargs.setdefault('output_stride', 8)
+    return build_model_with_cfg(DeepLabResNet, REFERENCE_ARCH, pretrained,
+                                block=DeepLabBottleneck, layers=tuple(layers), **kwargs)
+
+
+def create_backbone(arch: str = 'resnet101', pretrained: bool = False, output_stride: int = 8,
+                    weights: str | Path | None = None, **kwargs) -> nn.Module:
+    """A timm `features_only` backbone returning its last feature map; channels in `.feature_info`."""
+    if pretrained and weights is not None:
+        raise ValueError('give either pretrained=True or a weights file, not both')
+    kw = dict(features_only=True, out_indices=(-1,), pretrained=pretrained, **kwargs)
+    if arch == REFERENCE_ARCH:
+        kw['out_indices'] = (4,)
+    try:
+        try:
+            model = timm.create_model(arch, output_stride=output_stride, **kw)
+        except TypeError as e:  # a family without output_stride: keep its native stride
+            if 'output_stride' not in str(e):
+                raise
+            model = timm.create_model(arch, **kw)
+    except RuntimeError as e:
+        if arch not in timm.list_models():
+            raise ValueError(f'unknown backbone {arch!r}: use a timm model name (timm.list_models()) '
+                             f'or {REFERENCE_ARCH!r}') from None
+        if pretrained and ('download' in str(e).lower() or 'connect' in str(e).lower() or 'hub' in str(e).lower()):
+            raise WeightsError(f'could not download pretrained weights for {arch!r} ({e}); pass a local file '
+                               'with --weights FILE (a timm checkpoint or the reference .pth), or train from '
+                               'scratch with --no-pretrained') from None
+        raise
+    except OSError as e:
+        raise WeightsError(f'could not download pretrained weights for {arch!r} ({type(e).__name__}); pass a '
+                           'local file with --weights FILE (a timm checkpoint or the reference .pth), or train '
+                           'from scratch with --no-pretrained') from None
+    if weights is not None:
+        _load_backbone_file(model, weights)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Heads
+# ---------------------------------------------------------------------------------------------------------
+def _normal_init(module: nn.Module, std: float = 0.01) -> nn.Module:
+    """The reference's N(0, 0.01) init of every conv weight of a head (biases keep PyTorch's default)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0., std)
+    return module
+
+
+class DepthBlock(nn.Module):
+    """DADA's depth block: three encoder convs, channel-mean inverse depth, and a decoder for feature fusion."""
+
+    def __init__(self, in_ch: int = 2048, mid_ch: int = 512, depth_ch: int = 128):
+        super().__init__()
+        self.enc1 = nn.Conv2d(in_ch, mid_ch, 1)  # reference: enc4_1
+        self.enc2 = nn.Conv2d(mid_ch, mid_ch, 3, padding=1)  # reference: enc4_2
+        self.enc3 = nn.Conv2d(mid_ch, depth_ch, 1)  # reference: enc4_3
+        self.dec = nn.Conv2d(depth_ch, in_ch, 1)  # reference: dec4
+        _normal_init(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inverse depth (B,1,h,w), decoded features for fusion (B,in_ch,h,w))."""
+        e = self.enc3(F.relu(self.enc2(F.relu(self.enc1(x)))))
+        return e.mean(1, keepdim=True), F.relu(self.dec(e))
+
+
+class DeepLabV2Classifier(nn.Module):
+    """DeepLab-v2's classifier: four parallel dilated 3x3 convs whose outputs are summed."""
+
+    def __init__(self, in_ch: int, n_classes: int, dilations: Sequence[int] = (6, 12, 18, 24)):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(in_ch, n_classes, 3, padding=d, dilation=d) for d in dilations)
+        _normal_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convs[0](x)
+        for conv in self.convs[1:]:
+            out = out + conv(x)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The segmenter
+# ---------------------------------------------------------------------------------------------------------
+class DADA(nn.Module):
+    """DADA segmenter: `seg, depth = model(x)` at feature resolution; depth is inverse depth (None without
+    the depth block). `depth_block=False` is plain DeepLab-v2 (AdvEnt, source-only); `feature_fusion=False`
+    keeps the depth block but leaves the segmentation features untouched."""
+
+    def __init__(self, n_classes: int, arch: str = 'resnet101', pretrained: bool = False,
+                 depth_block: bool = True, feature_fusion: bool = True, weights: str | Path | None = None,
+                 freeze_bn: bool = True, **backbone_kwargs):
+        super().__init__()
+        if feature_fusion and not depth_block:
+            feature_fusion = False  # fusion needs the depth block: plain DeepLab-v2
+        self.n_classes, self.arch = n_classes, arch
+        self.backbone = create_backbone(arch, pretrained=pretrained, weights=weights, **backbone_kwargs)
+        info = self.backbone.feature_info
+        self.feat_ch, self.reduction = info.channels()[-1], info.reduction()[-1]
+        self.depth = DepthBlock(self.feat_ch) if depth_block else None
+        self.feature_fusion = feature_fusion
+        self.classifier = DeepLabV2Classifier(self.feat_ch, n_classes)
+        if freeze_bn:
+            freeze_bn_affine(self.backbone)
+
+    @property
+    def has_depth(self) -> bool:
+        return self.depth is not None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.backbone(x)[-1]
+        depth = None
+        if self.depth is not None:
+            depth, dec = self.depth(feats)
+            if self.feature_fusion:
+                feats = feats * dec
+        return self.classifier(feats), depth
+
+    def head_modules(self) -> list[nn.Module]:
+        """Modules trained at 10x the backbone's learning rate in the reference recipe."""
+        return [m for m in (self.classifier, self.depth) if m is not None]
+
+
+def freeze_bn_affine(module: nn.Module) -> nn.Module:
+    """Freeze the affine parameters of every BatchNorm in `module` (the reference trains with them fixed)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for p in m.parameters():
+                p.requires_grad_(False)
+    return module
+
+
+def param_groups(model: DADA) -> list[list[nn.Parameter]]:
+    """[backbone params, head params] with frozen parameters left out (fastai `splitter`)."""
+    head = [p for m in model.head_modules() for p in m.parameters() if p.requires_grad]
+    ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [body, head]
+
+
+def official_deeplabv2_depth(n_classes: int, layers: Sequence[int] = (3, 4, 23, 3), **kwargs) -> DADA:
+    """The DADA model on the reference DeepLab-v2 ResNet backbone (the paper's network)."""
+    return DADA(n_classes, arch=REFERENCE_ARCH, layers=tuple(layers), **kwargs)
+
+
+def official_deeplabv2(n_classes: int, layers: Sequence[int] = (3, 4, 23, 3), **kwargs) -> DADA:
+    """Plain DeepLab-v2 on the reference backbone (AdvEnt and source-only)."""
+    return DADA(n_classes, arch=REFERENCE_ARCH, layers=tuple(layers), depth_block=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Discriminator
+# ---------------------------------------------------------------------------------------------------------
+class Discriminator(nn.Sequential):
+    """DCGAN-style fully convolutional discriminator of AdvEnt/DADA; state-dict keys 0, 2, 4, 6, 8."""
+
+    def __init__(self, n_classes: int, ndf: int = 64):
+        chans = [n_classes, ndf, ndf * 2, ndf * 4, ndf * 8]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers.append(nn.Conv2d(chans[-1], 1, 4, stride=2, padding=1))
+        super().__init__(*layers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weights: the reference's snapshots and local files
+# ---------------------------------------------------------------------------------------------------------
+class WeightsError(RuntimeError):
+    """A weights file that cannot be used: missing, unsafe, or not matching the model."""
+
+
+_HEAD_RENAMES = {'layer6.conv2d_list.': 'classifier.convs.', 'enc4_1.': 'depth.enc1.', 'enc4_2.': 'depth.enc2.',
+                 'enc4_3.': 'depth.enc3.', 'dec4.': 'depth.dec.'}
+
+
+def _to_ours(key: str) -> str:
+    """Reference name -> our name (backbone keys are identical, under `backbone.`)."""
+    for old, new in _HEAD_RENAMES.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return 'backbone.' + key
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a .pth/.pt (weights only, never unpickling code) or .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f'weights file not found: {path}')
+    if path.stat().st_size == 0:
+        raise WeightsError(f'weights file is empty (0 bytes): {path}')
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise WeightsError(f'cannot read safetensors file {path}: {e}') from None
+    try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if 'weights_only' in str(e) or 'Unsupported global' in str(e) or 'GLOBAL' in str(e):
+            raise WeightsError(f'refusing {path}: it needs pickle code execution to load ({msg}); only plain '
+                               'tensor state dicts (.pth saved from state_dict()) or .safetensors are accepted') from None
+        raise WeightsError(f'cannot read weights file {path} (truncated or not a PyTorch file?): {msg}') from None
+    for key in ('state_dict', 'model', 'model_state_dict'):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f'{path} does not hold a state dict of tensors')
+    return dict(sd)
+
+
+def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a one-word prefix shared by every key (e.g. `Scale.` in the DeepLab ImageNet initialisation)."""
+    firsts = {k.split('.', 1)[0] for k in sd}
+    if len(firsts) == 1 and all('.' in k for k in sd) and next(iter(firsts)) not in ('conv1', 'layer1'):
+        return {k.split('.', 1)[1]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def load_official_state_dict(model: DADA, state_dict: Mapping[str, torch.Tensor]) -> DADA:
+    """Load a reference DADA or AdvEnt snapshot into `model` (strict), or the DeepLab ImageNet initialisation
+    (keys carry a one-word prefix and an unused `layer5`/`fc` classifier) into its backbone only."""
+    sd = _strip_prefix(state_dict)
+    is_backbone_init = not any(k.startswith(('layer6.', 'enc4_', 'dec4.')) for k in sd)
+    ours = {}
+    for k, v in sd.items():
+        if k.startswith(('layer5.', 'fc.')):
+            continue  # the reference's unused multi-level classifier, the ImageNet classifier
+        ours[_to_ours(k)] = v
+    target = model.state_dict()
+    if is_backbone_init:
+        target = {k: v for k, v in target.items() if k.startswith('backbone.')}
+    missing = sorted(set(target) - set(ours))
+    unexpected = sorted(set(ours) - set(target))
+    shape = sorted(k for k in set(ours) & set(target) if ours[k].shape != target[k].shape)
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f'missing {len(missing)} keys: {_short(missing)}')
+        if unexpected:
+            parts.append(f'unexpected {len(unexpected)} keys: {_short(unexpected)}')
+        if shape:
+            parts.append('shape mismatch: ' + _short([f'{k} {tuple(ours[k].shape)} vs {tuple(target[k].shape)}'
+                                                      for k in shape]))
+        raise WeightsError('reference state dict does not fit the model (' + '; '.join(parts) + ')')
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in ours.items()}, strict=not is_backbone_init)
+    return model
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    return ', '.join(keys[:n]) + (f', ... (+{len(keys) - n})' if len(keys) > n else '')
+
+
+def _load_backbone_file(backbone: nn.Module, path: str | Path) -> None:
+    """Load a local backbone checkpoint: a timm checkpoint or the reference's ImageNet initialisation."""
+    sd = _strip_prefix(load_weights_file(path))
+    sd = {k: v for k, v in sd.items() if not k.startswith(('layer5.', 'fc.', 'head.', 'classifier.'))}
+    target = backbone.state_dict()
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    if missing or any(sd[k].shape != target[k].shape for k in set(sd) & set(target)):
+        raise WeightsError(f'{path} does not fit the backbone (missing {len(missing)} keys: {_short(missing)}; '
+                           f'unexpected {len(unexpected)}: {_short(unexpected)})')
+    backbone.load_state_dict({k: v for k, v in sd.items() if k in target})
