@@ -14,7 +14,7 @@ from torch import nn
 
 __all__ = ['DeepLabBottleneck', 'DeepLabResNet', 'REFERENCE_ARCH', 'REFERENCE_BGR_MEAN', 'create_backbone', 'DepthBlock',
            'DeepLabV2Classifier', 'DADA', 'Discriminator', 'official_deeplabv2_depth', 'official_deeplabv2',
-           'load_official_state_dict', 'load_weights_file', 'WeightsError', 'freeze_bn_affine',
+           'load_official_state_dict', 'reference_name', 'load_weights_file', 'WeightsError', 'freeze_bn_affine',
            'param_groups']
 
 REFERENCE_ARCH = 'deeplabv2_resnet101'  # the timm name under which the reference backbone is registered
@@ -106,8 +106,10 @@ def _normal_init(module: nn.Module, std: float = 0.01) -> nn.Module:
 class DepthBlock(nn.Module):
     """DADA's depth block: three encoder convs, channel-mean inverse depth, and a decoder for feature fusion."""
 
-    def __init__(self, in_ch: int = 2048, mid_ch: int = 512, depth_ch: int = 128):
+    def __init__(self, in_ch: int = 2048, mid_ch: int | None = None, depth_ch: int | None = None):
         super().__init__()
+        mid_ch = mid_ch or max(in_ch // 4, 16)  # 512 on the reference's 2048 channels
+        depth_ch = depth_ch or max(in_ch // 16, 8)  # 128 on the reference's 2048 channels
         self.enc1 = nn.Conv2d(in_ch, mid_ch, 1)  # reference: enc4_1
         self.enc2 = nn.Conv2d(mid_ch, mid_ch, 3, padding=1)  # reference: enc4_2
         self.enc3 = nn.Conv2d(mid_ch, depth_ch, 1)  # reference: enc4_3
@@ -236,6 +238,14 @@ def _to_ours(key: str) -> str:
         if key.startswith(old):
             return new + key[len(old):]
     return 'backbone.' + key
+
+
+def reference_name(key: str) -> str:
+    """Our parameter name -> the reference implementation's name."""
+    for old, new in _HEAD_RENAMES.items():
+        if key.startswith(new):
+            return old + key[len(new):]
+    return key.removeprefix('backbone.')
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,344 @@
+"""fastai types and blocks for depth, the paired source/target DataBlock, and the DataLoaders factory.
+
+A training batch is `(x_src, x_trg, mask_src, depth_src)` (`n_inp=2`): a labelled source sample with its
+inverse depth, paired with a target image drawn independently. Validation batches are `(x_trg, mask_trg)`
+with the masks kept at the label's full resolution, as the reference evaluates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from fastai.data.block import DataBlock, TransformBlock
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.data.transforms import IntToFloatTensor, Normalize
+from fastai.torch_core import TensorImageBase
+from fastai.vision.core import PILImage, PILMask, TensorImage, TensorMask
+from fasttransform import Transform
+from PIL import Image
+
+from .datasets import DomainDataset, Sample, open_dataset
+from .protocols import get_protocol
+
+__all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'ReadDepth', 'SourceImageBlock',
+           'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'TargetSampler', 'PairedDL', 'ToBGR',
+           'normalization', 'dada_datablock', 'target_datablock', 'dada_dataloaders', 'parse_size',
+           'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb']
+
+PAPER_SOURCE_SIZE = (760, 1280)  # (H, W) of SYNTHIA images in the paper's recipe
+PAPER_TARGET_SIZE = (512, 1024)  # (H, W) of Cityscapes images in the paper's recipe
+
+
+@dataclass(frozen=True)
+class DataItem:
+    """One sample of one dataset: the reader and the sample's files."""
+    ds: DomainDataset
+    sample: Sample
+
+    def __repr__(self) -> str:
+        return f'{self.ds.kind}:{self.sample.image.name}'
+
+
+def parse_size(size: str | int | Sequence[int] | None) -> tuple[int, int] | None:
+    """'HxW', an int (square) or (H, W) -> (H, W)."""
+    if size is None or isinstance(size, tuple | list):
+        return None if size is None else (int(size[0]), int(size[1]))
+    if isinstance(size, int):
+        return (size, size)
+    try:
+        h, w = (int(v) for v in str(size).lower().split('x'))
+    except ValueError:
+        raise ValueError(f'bad size {size!r}: expected HxW, for example 760x1280') from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f'bad size {size!r}: height and width must be positive')
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Depth type
+# ---------------------------------------------------------------------------------------------------------
+def depth_to_rgb(depth: np.ndarray | torch.Tensor, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Inverse depth (H, W) -> RGB uint8 with the 'magma' colour map: near (large inverse depth) is warm,
+    far is dark; missing values black. Percentile scaling unless vmin/vmax are given."""
+    from matplotlib import colormaps
+    d = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth, np.float32).squeeze()
+    valid = np.isfinite(d)
+    if not valid.any():
+        return np.zeros((*d.shape, 3), np.uint8)
+    lo = np.percentile(d[valid], 2) if vmin is None else vmin
+    hi = np.percentile(d[valid], 98) if vmax is None else vmax
+    norm = np.clip((d - lo) / max(hi - lo, 1e-12), 0, 1)
+    rgb = (colormaps['magma'](norm)[..., :3] * 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+class TensorDepth(TensorImageBase):
+    """An inverse-depth map (B, 1, H, W) float; NaN where the depth is unknown."""
+
+    def show(self, ctx=None, **kwargs):
+        from fastai.torch_core import show_image
+        return show_image(depth_to_rgb(self), ctx=ctx, **{k: v for k, v in kwargs.items() if k == 'title'})
+
+
+class PILDepth(PILMask):
+    """An inverse-depth map as a 32-bit float PIL image (resized with nearest neighbour, like masks)."""
+    _open_args, _show_args = {'mode': 'F'}, {}
+    _tensor_cls = TensorDepth
+
+    def show(self, ctx=None, **kwargs):
+        from fastai.torch_core import show_image
+        return show_image(depth_to_rgb(np.asarray(self)), ctx=ctx, **{k: v for k, v in kwargs.items() if k == 'title'})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Readers as type transforms (the reference resizes at load: bicubic images, nearest labels and depth)
+# ---------------------------------------------------------------------------------------------------------
+def _resize(img: Image.Image, size: tuple[int, int] | None, resample: int) -> Image.Image:
+    if size is None or img.size == (size[1], size[0]):
+        return img
+    return img.resize((size[1], size[0]), resample)
+
+
+class ReadImage:
+    """DataItem -> PILImage (RGB) resized to `size` (H, W) with bicubic interpolation."""
+
+    def __init__(self, size: tuple[int, int] | None):
+        self.size = size
+
+    def __call__(self, item: DataItem) -> PILImage:
+        return PILImage(_resize(Image.fromarray(item.ds.read_image(item.sample)), self.size, Image.BICUBIC))
+
+
+class ReadMask:
+    """DataItem -> PILMask of train ids (255 ignored), resized with nearest neighbour (None keeps full size)."""
+
+    def __init__(self, size: tuple[int, int] | None):
+        self.size = size
+
+    def __call__(self, item: DataItem) -> PILMask:
+        return PILMask(_resize(Image.fromarray(item.ds.read_label(item.sample)), self.size, Image.NEAREST))
+
+
+class ReadDepth:
+    """DataItem -> PILDepth inverse depth resized with nearest neighbour; all NaN where there is no depth."""
+
+    def __init__(self, size: tuple[int, int] | None):
+        self.size = size
+
+    def __call__(self, item: DataItem) -> PILDepth:
+        if item.ds.has_depth and item.sample.depth is not None:
+            depth = item.ds.read_depth(item.sample).astype(np.float32)
+        else:
+            h, w = item.ds.read_image(item.sample).shape[:2]
+            depth = np.full((h, w), np.nan, np.float32)
+        return PILDepth(_resize(Image.fromarray(depth, mode='F'), self.size, Image.NEAREST))
+
+
+def SourceImageBlock(size: tuple[int, int] | None) -> TransformBlock:
+    """Source images read and resized to the source size."""
+    return TransformBlock(type_tfms=ReadImage(size), batch_tfms=IntToFloatTensor)
+
+
+def TargetImageBlock(size: tuple[int, int] | None) -> TransformBlock:
+    """Target images read and resized to the target size."""
+    return TransformBlock(type_tfms=ReadImage(size), batch_tfms=IntToFloatTensor)
+
+
+def MaskBlockFor(size: tuple[int, int] | None, codes: Sequence[str]) -> TransformBlock:
+    """Segmentation masks of train ids (None keeps the label's full resolution, for evaluation)."""
+    from fastai.vision.data import AddMaskCodes
+    return TransformBlock(type_tfms=ReadMask(size), item_tfms=AddMaskCodes(codes=list(codes)), batch_tfms=IntToFloatTensor)
+
+
+def DepthBlock(size: tuple[int, int] | None) -> TransformBlock:
+    """Inverse-depth maps as `TensorDepth` (float, NaN = unknown), resized like masks."""
+    return TransformBlock(type_tfms=ReadDepth(size))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------------------------------------
+class ToBGR(Transform):
+    """Swap RGB <-> BGR on image batches (the reference's networks take BGR)."""
+    order = 90
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        return x.flip(1)
+
+    def decodes(self, x: TensorImage) -> TensorImage:
+        return x.flip(1)
+
+
+def normalization(kind: str = 'imagenet', arch: str | None = None) -> list:
+    """Batch transforms normalising images for a backbone's weights: 'reference' (BGR, 0..255 minus the
+    reference mean, no std), 'timm' (the timm model's pretrained mean/std), 'imagenet' or 'none'."""
+    from .model import REFERENCE_BGR_MEAN
+    if kind == 'reference':
+        return [ToBGR(), Normalize.from_stats([m / 255 for m in REFERENCE_BGR_MEAN], [1 / 255] * 3)]
+    if kind == 'timm':
+        import timm
+        cfg = timm.get_pretrained_cfg(arch) if arch else None
+        mean, std = (cfg.mean, cfg.std) if cfg is not None else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        return [Normalize.from_stats(list(mean), list(std))]
+    if kind == 'imagenet':
+        return [Normalize.from_stats([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    if kind == 'none':
+        return []
+    raise ValueError(f"unknown normalisation {kind!r}; valid: reference, timm, imagenet, none")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pairing source and target
+# ---------------------------------------------------------------------------------------------------------
+def _epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, stream])
+
+
+class TargetSampler:
+    """Getter of the target image paired with a source item: a fresh, seeded draw at each epoch, so the data
+    order is a function of (seed, epoch) alone (exact resume, identical across processes)."""
+
+    def __init__(self, targets: Sequence[DataItem], seed: int = 0):
+        self.targets, self.seed = list(targets), seed
+        self.index: dict[Sample, int] = {}
+        self.table = np.arange(0)
+
+    def bind(self, sources: Sequence[DataItem]) -> None:
+        """Learn the source items' positions (a source item's target depends on its position and the epoch)."""
+        self.index = {it.sample: i for i, it in enumerate(sources)}
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the pairing of `epoch`: targets in a seeded random order, cycled over the sources."""
+        n_src, n_trg = max(len(self.index), 1), len(self.targets)
+        reps = -(-n_src // n_trg)
+        rng = _epoch_rng(self.seed, epoch, 1)
+        self.table = np.concatenate([rng.permutation(n_trg) for _ in range(reps)])[:n_src]
+
+    def __call__(self, item: DataItem) -> DataItem:
+        return self.targets[self.table[self.index[item.sample]]]
+
+
+class PairedDL(TfmdDL):
+    """Training DataLoader of (source sample, target image) pairs. Shuffling and pairing are seeded by
+    (seed, epoch), so every process of a distributed run and a resumed run see the same order; `n` sets
+    the number of samples per epoch (default: all sources once)."""
+
+    def __init__(self, dataset=None, sampler: TargetSampler | None = None, seed: int = 0, **kwargs):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+        super().__init__(dataset, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle and target pairing of `epoch` (called by the learner before each epoch)."""
+        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def get_idxs(self) -> list[int]:
+        n_items = len(self.dataset)
+        if not self.shuffle:
+            return [i % n_items for i in range(self.n)]
+        rng = _epoch_rng(self.seed, self.epoch, 0)
+        reps = -(-self.n // n_items)
+        return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:self.n].tolist()
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        res = super().new(dataset, cls, **{'sampler': self.sampler, 'seed': self.seed, **kwargs})
+        res.epoch = self.epoch
+        return res
+
+    def show_batch(self, b=None, max_n: int = 4, ctxs=None, show: bool = True, **kwargs):
+        """Source image, source mask, source depth and target image, one row per pair."""
+        from fastai.vision.data import get_grid
+        b = self.one_batch() if b is None else b
+        x_src, x_trg, mask, depth = self.decode(b)
+        n = min(max_n, len(x_src))
+        axs = get_grid(4 * n, nrows=n, ncols=4, figsize=kwargs.pop('figsize', (16, 3 * n)),
+                       title='source image / source mask / source depth / target image')
+        proto = getattr(self, 'protocol', None)
+        for i in range(n):
+            x_src[i].show(ctx=axs[4 * i])
+            if proto is not None:
+                axs[4 * i + 1].imshow(proto.colorize(mask[i].cpu().numpy()))
+            else:
+                mask[i].show(ctx=axs[4 * i + 1])
+            depth[i].show(ctx=axs[4 * i + 2])
+            x_trg[i].show(ctx=axs[4 * i + 3])
+            for a in axs[4 * i:4 * i + 4]:
+                a.axis('off')
+        return axs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DataBlocks and DataLoaders
+# ---------------------------------------------------------------------------------------------------------
+def dada_datablock(targets: Sequence[DataItem], codes: Sequence[str], source_size=PAPER_SOURCE_SIZE,
+                   target_size=PAPER_TARGET_SIZE, norm: Sequence = (), item_tfms=None, seed: int = 0) -> DataBlock:
+    """The training DataBlock: items are source `DataItem`s; blocks (source image, target image, mask, depth);
+    `targets` are the target items that `TargetSampler` pairs with them."""
+    sampler = TargetSampler(targets, seed)
+    return DataBlock(blocks=(SourceImageBlock(source_size), TargetImageBlock(target_size),
+                             MaskBlockFor(source_size, codes), DepthBlock(source_size)),
+                     getters=[None, sampler, None, None], n_inp=2, splitter=_all_train, item_tfms=item_tfms,
+                     batch_tfms=list(norm), dl_type=PairedDL)
+
+
+def target_datablock(codes: Sequence[str], target_size=PAPER_TARGET_SIZE, norm: Sequence = ()) -> DataBlock:
+    """The evaluation DataBlock: target image resized to `target_size`, mask at its full resolution."""
+    return DataBlock(blocks=(TargetImageBlock(target_size), MaskBlockFor(None, codes)), n_inp=1,
+                     splitter=_all_train, batch_tfms=list(norm))
+
+
+def _all_train(items: Sequence) -> tuple[list[int], list[int]]:
+    """Splitter that keeps every item in one split (source and target sets come split on disk)."""
+    return list(range(len(items))), []
+
+
+def _items(ds: DomainDataset, split: str) -> list[DataItem]:
+    return [DataItem(ds, s) for s in ds.samples(split)]
+
+
+def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n_classes: int = 16,
+                     source_size=PAPER_SOURCE_SIZE, target_size=PAPER_TARGET_SIZE, bs: int = 1,
+                     val_bs: int = 1, norm: str | Sequence = 'imagenet', arch: str | None = None,
+                     augment: bool = False, num_workers: int = 0, seed: int = 0, epoch_len: int | None = None,
+                     device=None, val_max: int | None = None, pin_memory: bool | None = None) -> DataLoaders:
+    """DataLoaders for DADA: `train` pairs labelled source samples with target images, `valid` holds the
+    labelled target validation set. `source`/`target` are 'KIND:DIR' specs or opened datasets."""
+    proto = get_protocol(n_classes)
+    src = source if isinstance(source, DomainDataset) else open_dataset(source, n_classes=n_classes)
+    trg = target if isinstance(target, DomainDataset) else open_dataset(target, n_classes=n_classes)
+    source_size, target_size = parse_size(source_size), parse_size(target_size)
+    norm_tfms = normalization(norm, arch) if isinstance(norm, str) else list(norm)
+    src_items, trg_items, val_items = _items(src, 'train'), _items(trg, 'train'), _items(trg, 'val')
+    if val_max is not None:
+        val_items = val_items[:val_max]
+    aug = _augmentations(source_size) if augment else None
+    block = dada_datablock(trg_items, proto.classes, source_size, target_size, norm_tfms, aug, seed)
+    block.getters[1].bind(src_items)
+    dsets = block.datasets(src_items, verbose=False)
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    common = dict(num_workers=num_workers, pin_memory=pin, device=device)
+    train = PairedDL(dsets.train, sampler=block.getters[1], seed=seed, bs=bs, shuffle=True, drop_last=True,
+                     n=epoch_len * bs if epoch_len else None, after_item=block.item_tfms,
+                     after_batch=block.batch_tfms, **common)
+    train.protocol = proto
+    vblock = target_datablock(proto.classes, target_size, norm_tfms)
+    vdsets = vblock.datasets(val_items, verbose=False)
+    valid = TfmdDL(vdsets.train, bs=val_bs, shuffle=False, after_item=vblock.item_tfms,
+                   after_batch=vblock.batch_tfms, **common)
+    dls = DataLoaders(train, valid, device=device)
+    dls.protocol, dls.source_ds, dls.target_ds, dls.norm = proto, src, trg, norm
+    return dls
+
+
+def _augmentations(size: tuple[int, int] | None) -> list:
+    """Optional augmentation through fastai's transforms (off in the paper's recipe): flip, scale, crop."""
+    from fastai.vision.augment import FlipItem, RandomResizedCrop
+    tfms = [FlipItem(0.5)]
+    if size is not None:
+        tfms.append(RandomResizedCrop(size, min_scale=0.5, ratio=(size[1] / size[0],) * 2))
+    return tfms
