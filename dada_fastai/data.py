@@ -19,7 +19,7 @@ from fastai.vision.core import PILImage, PILMask, TensorImage, TensorMask
 from fasttransform import Transform
 from PIL import Image
 
-from .datasets import DomainDataset, Sample, open_dataset
+from .datasets import DomainDataset, Sample, image_size, open_dataset
 from .protocols import get_protocol
 
 __all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'ReadDepth', 'SourceImageBlock',
@@ -132,7 +132,7 @@ class ReadDepth:
         if item.ds.has_depth and item.sample.depth is not None:
             depth = item.ds.read_depth(item.sample).astype(np.float32)
         else:
-            h, w = item.ds.read_image(item.sample).shape[:2]
+            h, w = image_size(item.sample.image)
             depth = np.full((h, w), np.nan, np.float32)
         return PILDepth(_resize(Image.fromarray(depth, mode='F'), self.size, Image.NEAREST))
 
@@ -228,7 +228,7 @@ class PairedDL(TfmdDL):
     the number of samples per epoch (default: all sources once)."""
 
     def __init__(self, dataset=None, sampler: TargetSampler | None = None, seed: int = 0, **kwargs):
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
+        self.sampler, self.seed, self.epoch, self.skip = sampler, seed, 0, 0
         super().__init__(dataset, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
@@ -240,10 +240,12 @@ class PairedDL(TfmdDL):
     def get_idxs(self) -> list[int]:
         n_items = len(self.dataset)
         if not self.shuffle:
-            return [i % n_items for i in range(self.n)]
-        rng = _epoch_rng(self.seed, self.epoch, 0)
-        reps = -(-self.n // n_items)
-        return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:self.n].tolist()
+            idxs = [i % n_items for i in range(self.n)]
+        else:
+            rng = _epoch_rng(self.seed, self.epoch, 0)
+            reps = -(-self.n // n_items)
+            idxs = np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:self.n].tolist()
+        return idxs[self.skip * self.bs:]  # a resumed epoch skips the batches already trained on
 
     def new(self, dataset=None, cls=None, **kwargs):
         res = super().new(dataset, cls, **{'sampler': self.sampler, 'seed': self.seed, **kwargs})

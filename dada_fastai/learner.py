@@ -252,7 +252,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  pretrained: bool = False, weights: str | None = None, n_classes: int | None = None,
                  lambdas: Lambdas | None = None, lr: float = 2.5e-4, wd: float = 5e-4, d_lr: float = 1e-4,
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
-                 **kwargs) -> DADALearner:
+                 backbone_kwargs: dict | None = None, **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
@@ -263,7 +263,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     lambdas = lambdas or Lambdas()
     if model is None:
         model = DADA(n_classes, arch=arch, pretrained=pretrained, weights=weights, depth_block=cfg.depth_block,
-                     feature_fusion=cfg.feature_fusion)
+                     feature_fusion=cfg.feature_fusion, **(backbone_kwargs or {}))
     discs = nn.ModuleDict({k: Discriminator(1 if k == 'depth' else n_classes, ndf) for k in cfg.adapt})
     trainer = DADATrainer(discs, lambdas, d_lr=d_lr)
     cm = ConfusionMatrix(proto)
@@ -274,6 +274,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,
                         cbs=[trainer, HeadLR(head_lr_mult), SetEpoch()] + list(cbs or []), **kwargs)
-    learn.dada_config = {'protocol': proto, 'method': cfg, 'arch': arch, 'lambdas': lambdas, 'confusion': cm}
+    learn.dada_config = {'protocol': proto, 'method': cfg, 'arch': arch, 'lambdas': lambdas, 'confusion': cm,
+                         'layers': list((backbone_kwargs or {}).get('layers', ())) or None}
     return learn
 

@@ -1,0 +1,219 @@
+"""Checkpoints that never lose a run: atomic writes, safe loading (no code execution), exact resume;
+and the safe inference export (safetensors + JSON metadata)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.core import Callback
+
+from .model import WeightsError
+
+__all__ = ['CheckpointError', 'atomic_write_bytes', 'training_state', 'save_checkpoint', 'load_checkpoint',
+           'restore_training_state', 'Checkpointer', 'ResumeFrom', 'export_inference', 'load_inference_file',
+           'CHECKPOINT_FORMAT', 'EXPORT_FORMAT']
+
+CHECKPOINT_FORMAT = 'dada-fastai-checkpoint-v1'
+EXPORT_FORMAT = 'dada-fastai-export-v1'
+
+
+class CheckpointError(WeightsError):
+    """A checkpoint that cannot be used (missing, truncated, unsafe, or for another model)."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename: a crash
+    or a full disk leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'numpy_keys': torch.from_numpy(np_state[1].astype(np.int64)),
+            'numpy_pos': int(np_state[2]), 'python': list(random.getstate()[1]),
+            'python_version': int(random.getstate()[0]),
+            'python_gauss': random.getstate()[2]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state['torch'])
+    np.random.set_state(('MT19937', state['numpy_keys'].numpy().astype(np.uint32), state['numpy_pos'], 0, 0.))
+    random.setstate((state['python_version'], tuple(state['python']), state['python_gauss']))
+
+
+def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config: dict | None = None) -> dict:
+    """Everything needed to continue a run exactly: weights, both optimizers, position, RNG states."""
+    state = {'format': CHECKPOINT_FORMAT, 'model': learn.model.state_dict(), 'iteration': iteration,
+             'epoch': epoch, 'iter_in_epoch': iter_in_epoch, 'rng': _rng_state(),
+             'config': json.dumps(config or getattr(learn, 'run_config', {}), default=str),
+             'meta': json.dumps(model_meta(learn))}
+    if learn.opt is not None:
+        state['opt'] = learn.opt.state_dict()
+    if hasattr(learn, 'dada'):
+        state['dada'] = learn.dada.state_dict()
+    return state
+
+
+def model_meta(learn) -> dict:
+    """What is needed to rebuild the model for inference: architecture, classes, method, normalisation."""
+    cfg = getattr(learn, 'dada_config', {})
+    method = cfg.get('method')
+    proto = cfg.get('protocol')
+    return {'arch': cfg.get('arch'), 'n_classes': proto.n_classes if proto else None,
+            'depth_block': getattr(method, 'depth_block', True), 'feature_fusion': getattr(method, 'feature_fusion', True),
+            'adapt': list(getattr(method, 'adapt', ())), 'norm': getattr(learn.dls, 'norm', None),
+            'layers': cfg.get('layers')}
+
+
+def save_checkpoint(learn, path: str | Path, iteration: int, epoch: int = 0, iter_in_epoch: int = 0) -> Path:
+    """Write a training checkpoint atomically (the previous file stays usable if anything fails)."""
+    buf = io.BytesIO()
+    torch.save(training_state(learn, iteration, epoch, iter_in_epoch), buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint without executing code from it; clear errors for missing, empty, truncated or
+    unsafe files."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'last.pth'
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint is empty (0 bytes): {path}; use an earlier checkpoint of the run')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if 'weights_only' in str(e) or 'Unsupported global' in str(e):
+            raise CheckpointError(f'refusing {path}: loading it would execute pickled code ({msg[:160]}); '
+                                  'only checkpoints of tensors and plain values are accepted') from None
+        raise CheckpointError(f'cannot read checkpoint {path} (truncated or not a checkpoint): {msg[:160]}') from None
+    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+        raise CheckpointError(f'{path} is not a dada-fastai training checkpoint')
+    return state
+
+
+def restore_training_state(learn, state: dict, path: str | Path = 'checkpoint') -> None:
+    """Load weights, discriminators and optimizer states of `state` into `learn` (strict, clear errors)."""
+    try:
+        learn.model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else ''
+        detail = ' '.join(str(e).split())[:300]
+        raise CheckpointError(f'{path} does not fit this model ({first} {detail})') from None
+    if 'dada' in state and hasattr(learn, 'dada'):
+        try:
+            learn.dada.load_state_dict(state['dada'])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f'{path}: discriminators do not fit this method ({" ".join(str(e).split())[:200]})') from None
+    if state.get('opt') is not None:
+        if learn.opt is None:
+            learn.create_opt()
+        learn.opt.load_state_dict(state['opt'])
+    _set_rng_state(state['rng'])
+
+
+class Checkpointer(Callback):
+    """Save `last.pth` every `every` iterations and at the end of training (atomically), keeping the
+    previous one as `prev.pth`; only the main process writes."""
+    order = 90  # after the discriminator step
+
+    def __init__(self, run_dir: str | Path, every: int = 2000):
+        self.run_dir, self.every = Path(run_dir), every
+
+    def _save(self):
+        from fastai.torch_core import rank_distrib
+        if rank_distrib() != 0:
+            return
+        last = self.run_dir / 'last.pth'
+        if last.exists():
+            os.replace(last, self.run_dir / 'prev.pth')
+        epoch, done = self.epoch, self.iter + 1 + getattr(self.dl, 'skip', 0)
+        if done >= self.n_iter + getattr(self.dl, 'skip', 0):
+            epoch, done = epoch + 1, 0  # the epoch is complete: resume at the next one
+        save_checkpoint(self.learn, last, self.train_iter, epoch, done)
+
+    def after_batch(self):
+        if self.training and self.every and self.train_iter % self.every == 0:
+            self._save()
+            self.saved_at = self.train_iter
+
+    def after_fit(self):
+        if getattr(self, 'saved_at', None) != self.train_iter and self.train_iter > 0:
+            self._save()
+
+
+class ResumeFrom(Callback):
+    """Continue a run from a checkpoint state: the iteration counter, the epoch and the position inside
+    it (the paired DataLoader skips the batches already seen)."""
+    order = -9  # right after TrainEvalCallback resets the counters
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def before_fit(self):
+        self.learn.train_iter = self.state['iteration']
+        self.learn.pct_train = 0.
+
+    def before_train(self):
+        if self.epoch == self.state['epoch'] and hasattr(self.dl, 'skip'):
+            self.dl.skip = self.state['iter_in_epoch']
+
+    def after_train(self):
+        if hasattr(self.dl, 'skip'):
+            self.dl.skip = 0
+
+
+def export_inference(learn, path: str | Path) -> Path:
+    """Export the segmenter for inference as safetensors with its metadata (no pickle)."""
+    from safetensors.torch import save
+    meta = {'format': EXPORT_FORMAT, 'meta': json.dumps(model_meta(learn))}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+    return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_inference_file(path: str | Path) -> tuple[dict, dict]:
+    """(state dict, metadata) of an exported model, or of a training checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ('export.safetensors', 'last.pth'):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f'no export.safetensors or last.pth in {path}')
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+        if not path.is_file():
+            raise CheckpointError(f'model file not found: {path}')
+        try:
+            with safe_open(str(path), 'pt') as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise CheckpointError(f'cannot read {path} (truncated or not a safetensors file): {e}') from None
+        if meta.get('format') != EXPORT_FORMAT:
+            raise CheckpointError(f'{path} is not a dada-fastai export (no metadata)')
+        return sd, json.loads(meta['meta'])
+    state = load_checkpoint(path)
+    return state['model'], json.loads(state['meta'])

@@ -1,0 +1,219 @@
+"""`dada-fastai`: train, evaluate, predict and data-report from a shell (fastcore parsers, rich output).
+
+Every failure the user can fix ends in one line on stderr (what is wrong, where, what to do) and a
+non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+from fastcore.script import anno_parser, store_true
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ['main', 'train', 'evaluate', 'predict', 'data_report', 'COMMANDS']
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+class _Toggle(argparse.BooleanOptionalAction):
+    """`--flag/--no-flag` whose default None means 'not given' (fastcore passes a type we do not need)."""
+
+    def __init__(self, *args, type=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+BOOL = {'action': _Toggle}
+
+
+def _methods() -> list[str]:
+    from .learner import METHODS
+    return list(METHODS)
+
+
+def train(
+    source: str = None,  # KIND:DIR of the labelled source with depth (synthia, cityscapes, vistas, folder); none: the built-in toy pair
+    target: str = None,  # KIND:DIR of the target (train split unlabelled, val split labelled)
+    config: str = None,  # a preset name (see --list-presets) or a YAML file; explicit options override it
+    classes: Annotated[int, 'class protocol', {'choices': [16, 7]}] = None,
+    method: Annotated[str, 'source_only (S1), advent (S2), s3..s6, dada (S7), depth_source_only', {'choices': _methods()}] = None,
+    arch: str = None,  # backbone: any timm model name, or deeplabv2_resnet101 (the reference DeepLab-v2)
+    pretrained: Annotated[bool, "timm's pretrained weights (needs a download) when no --weights", BOOL] = None,
+    weights: str = None,  # local backbone weights: a timm checkpoint or the reference's ImageNet .pth
+    iters: int = None,  # training iterations (paper: 90000)
+    source_size: str = None,  # HxW of source images (paper: 760x1280)
+    target_size: str = None,  # HxW of target images (paper: 512x1024)
+    bs: int = None,  # images per domain in a batch (paper: 1)
+    lr: float = None,  # backbone learning rate; the head trains at 10x (paper: 2.5e-4)
+    d_lr: float = None,  # discriminator learning rate (paper: 1e-4)
+    schedule: Annotated[str, 'learning-rate schedule', {'choices': ['poly', 'one_cycle', 'flat_cos', 'constant']}] = None,
+    seed: int = None,  # random seed (paper: 1234)
+    out: str = None,  # run folder (default: a new folder under ./runs/)
+    resume: str = None,  # continue the run in this folder from its last checkpoint
+    checkpoint_every: int = None,  # iterations between checkpoints (0: only at the end)
+    eval_every: int = None,  # iterations between validations
+    val_max: int = None,  # validate on at most this many target images during training
+    device: str = None,  # auto, cpu, cuda or cuda:N
+    mode: Annotated[str, 'faithful: float32 in the reference order; fast: mixed precision, channels_last', {'choices': ['faithful', 'fast']}] = None,
+    workers: int = None,  # data-loading workers
+    list_presets: Annotated[store_true, 'list the built-in presets and exit'] = False,
+):
+    """Train a DADA (or AdvEnt, source-only, ablation) model and evaluate it on the target validation set."""
+    from .config import list_presets as presets, resolve_config
+    from .runs import resume as resume_run, train as train_run
+    if list_presets:
+        for name in presets():
+            console.print(name)
+        return 0
+    if resume:
+        res = resume_run(resume, console=console, iters=iters)
+    else:
+        opts = {k: v for k, v in locals().items() if k in _TRAIN_OPTIONS}
+        cfg = resolve_config(config, **opts)
+        if cfg.source is None:
+            console.print('[bold]No --source/--target given: training on the built-in synthetic-to-real toy pair.[/]')
+        res = train_run(cfg, console=console)
+    _print_iou(res, f'target validation after {res["iters"]} iterations ({res["seconds"]:.0f} s)')
+    console.print(f'run folder: {res["run_dir"]}  (results.png, results.json, last.pth, export.safetensors)')
+    return 0
+
+
+_TRAIN_OPTIONS = ('source', 'target', 'classes', 'method', 'arch', 'pretrained', 'weights', 'iters', 'source_size',
+                  'target_size', 'bs', 'lr', 'd_lr', 'schedule', 'seed', 'out', 'checkpoint_every', 'eval_every',
+                  'val_max', 'device', 'mode', 'workers')
+
+
+def _print_iou(res: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column('class')
+    table.add_column('IoU %', justify='right')
+    for name, iou in res['per_class'].items():
+        table.add_row(name, '-' if iou != iou else f'{iou:.1f}')
+    table.add_section()
+    table.add_row('[bold]mIoU', f'[bold]{res["miou"]:.1f}')
+    if res.get('miou13') is not None:
+        table.add_row('[bold]mIoU* (13)', f'[bold]{res["miou13"]:.1f}')
+    if res.get('negative_transfer') is not None:
+        table.add_row('negative transfer', f'{res["negative_transfer"]:.1f}')
+    console.print(table)
+
+
+def evaluate(
+    model: str,  # a run folder, a checkpoint (.pth) or an export (.safetensors)
+    target: str = None,  # KIND:DIR of the labelled target (default: the run's target)
+    classes: Annotated[int, 'class protocol (default: the model\'s)', {'choices': [16, 7]}] = None,
+    target_size: str = None,  # HxW the images are resized to (default: the run's)
+    baseline: str = None,  # a source-only model: also report the negative transfer rate against it
+    max_images: int = None,  # evaluate on the first N images only
+    device: str = 'auto',  # auto, cpu, cuda or cuda:N
+    json_out: Annotated[store_true, 'print one JSON object'] = False,
+):
+    """Evaluate a model on a target validation set: per-class IoU, mIoU, mIoU* and negative transfer."""
+    from .inference import evaluate_model
+    res = evaluate_model(model, target, classes=classes, target_size=target_size, baseline=baseline,
+                         max_images=max_images, device=device)
+    if json_out:
+        print(json.dumps(res))
+    else:
+        _print_iou(res, f'{model} on {res["target"]} ({res["images"]} images)')
+    return 0
+
+
+def predict(
+    model: str,  # a run folder, a checkpoint (.pth) or an export (.safetensors)
+    inputs: Annotated[str, 'images or folders of images', {'nargs': '+'}],
+    out: str = 'predictions',  # output folder for <name>_seg.png and <name>_depth.png
+    size: str = None,  # HxW the network sees (default: the run's target size)
+    device: str = 'auto',  # auto, cpu, cuda or cuda:N
+):
+    """Predict colour-coded segmentation and depth PNGs for images or folders."""
+    from .inference import predict_files
+    written = predict_files(model, inputs, out, size=size, device=device)
+    console.print(f'wrote {len(written)} images to {out}/')
+    return 0
+
+
+def data_report(
+    source: str,  # KIND:DIR of the source dataset
+    target: str,  # KIND:DIR of the target dataset
+    classes: Annotated[int, 'class protocol', {'choices': [16, 7]}] = 16,
+    json_out: Annotated[store_true, 'print one JSON object'] = False,
+):
+    """Check dataset layouts; count items per split, pixels per class and the depth range."""
+    from .report import data_report as report, print_report
+    res = report(source, target, n_classes=classes)
+    if json_out:
+        print(json.dumps(res))
+    else:
+        print_report(res, console=console)
+    return 0
+
+
+COMMANDS = {'train': train, 'evaluate': evaluate, 'predict': predict, 'data-report': data_report}
+_POSITIONAL = {'evaluate': ['model'], 'predict': ['model', 'inputs'], 'data-report': []}
+_RENAMES = {'json_out': '--json'}
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    func = COMMANDS[name]
+    p = anno_parser(func, prog=f'dada-fastai {name}', pos=_POSITIONAL.get(name))
+    for action in p._actions:  # `--json-out` reads better as `--json`
+        if action.dest == 'json_out':
+            action.option_strings = ['--json']
+            p._option_string_actions.pop('--json-out', None)
+            p._option_string_actions['--json'] = action
+    return p
+
+
+def _usage() -> str:
+    lines = ['usage: dada-fastai COMMAND [options]', '', 'commands:']
+    lines += [f'  {n:<12} {(f.__doc__ or "").splitlines()[0]}' for n, f in COMMANDS.items()]
+    lines += ['', "run 'dada-fastai COMMAND --help' for a command's options"]
+    return '\n'.join(lines)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .datasets import DatasetError
+    from .model import WeightsError
+    from .runs import RunError
+    return DatasetError, ConfigError, WeightsError, CheckpointError, RunError, FileNotFoundError, ValueError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dada-fastai` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        err_console.print(f"dada-fastai: unknown command {name!r}; valid: {', '.join(COMMANDS)}", highlight=False)
+        return 2
+    args = vars(_parser(name).parse_args(rest))
+    args.pop('pdb', None)
+    args.pop('xtra', None)
+    warnings.filterwarnings('ignore', category=FutureWarning)  # third-party deprecation notes, not the user's concern
+    import torch
+    try:
+        return COMMANDS[name](**args) or 0
+    except torch.cuda.OutOfMemoryError:
+        _fail('out of GPU memory: try smaller --source-size/--target-size, --bs 1, or --mode fast (mixed precision)')
+    except KeyboardInterrupt:
+        _fail('interrupted; the last checkpoint of the run is intact (continue with --resume RUN_DIR)', code=130)
+    except _known_errors() as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return 1
+
+
+def _fail(msg: str, code: int = 1):
+    err_console.print(f'dada-fastai: error: {msg}', highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Using trained models: load a run, a checkpoint or an export; evaluate it on a labelled target set (with
+the negative transfer rate against a baseline); predict colour-coded segmentation and depth PNGs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .checkpoint import CheckpointError, load_inference_file
+from .data import depth_to_rgb, normalization, parse_size
+from .datasets import DatasetError, open_dataset, read_array, write_png
+from .learner import ConfusionMatrix, iou_from_confusion
+from .losses import upsample
+from .model import DADA, REFERENCE_ARCH
+from .protocols import get_protocol
+
+__all__ = ['LoadedModel', 'load_model', 'evaluate_model', 'predict_files', 'IMAGE_SUFFIXES']
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+
+
+class LoadedModel:
+    """A segmenter ready for inference, with the preprocessing and sizes of the run it comes from."""
+
+    def __init__(self, model: DADA, meta: dict, run_config: dict, device: torch.device):
+        self.model, self.meta, self.run_config, self.device = model.eval().to(device), meta, run_config, device
+        self.protocol = get_protocol(meta['n_classes'])
+        norm = meta.get('norm') or 'imagenet'
+        self.norm = normalization(norm, meta.get('arch'))
+
+    def preprocess(self, rgb: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
+        """(H, W, 3) uint8 -> normalised (1, 3, h, w) float on the model's device (bicubic resize)."""
+        from PIL import Image
+        from fastai.vision.core import TensorImage
+        img = Image.fromarray(rgb)
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.BICUBIC)
+        x = TensorImage(torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255)
+        for tfm in self.norm:
+            x = tfm(x)
+        return torch.Tensor(x).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray, size: tuple[int, int] | None, out_size: tuple[int, int]):
+        """(class map (H, W) uint8, inverse depth (H, W) float32 or None) at `out_size`."""
+        seg, depth = self.model(self.preprocess(rgb, size))
+        pred = upsample(seg, out_size).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        dep = upsample(depth, out_size)[0, 0].float().cpu().numpy() if depth is not None else None
+        return pred, dep
+
+
+def load_model(path: str | Path, device: str | torch.device = 'auto') -> LoadedModel:
+    """Rebuild the segmenter of a run folder, checkpoint or export and load its weights (safely)."""
+    from .runs import resolve_device
+    device = resolve_device(device) if isinstance(device, str) else device
+    sd, meta = load_inference_file(path)
+    if not meta.get('n_classes'):
+        raise CheckpointError(f'{path}: no model metadata (class count, architecture)')
+    kwargs = {}
+    if meta.get('arch') == REFERENCE_ARCH and meta.get('layers'):
+        kwargs['layers'] = tuple(meta['layers'])
+    model = DADA(meta['n_classes'], arch=meta['arch'], pretrained=False, depth_block=meta['depth_block'],
+                 feature_fusion=meta['feature_fusion'], **kwargs)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f'{path}: weights do not fit the model they describe ({" ".join(str(e).split())[:200]})') from None
+    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    run_config = {}
+    if (run_dir / 'config.yaml').is_file():
+        run_config = yaml.safe_load((run_dir / 'config.yaml').read_text()) or {}
+    return LoadedModel(model, meta, run_config, device)
+
+
+def _per_image_miou(cm: np.ndarray) -> float:
+    iou = iou_from_confusion(cm)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan')
+
+
+def evaluate_model(model: str | Path, target: str | None = None, classes: int | None = None,
+                   target_size: str | None = None, baseline: str | Path | None = None,
+                   max_images: int | None = None, device: str = 'auto') -> dict:
+    """Evaluate on the target's labelled val split at the label's full resolution:
+    {'miou', 'miou13', 'per_class', 'images', 'target', 'negative_transfer' (with a baseline)}."""
+    lm = load_model(model, device)
+    n_classes = classes or lm.protocol.n_classes
+    if n_classes != lm.protocol.n_classes:
+        raise CheckpointError(f'{model} predicts {lm.protocol.n_classes} classes, not --classes {n_classes}')
+    target = target or lm.run_config.get('target')
+    if target is None:
+        from .toy import ToyConfig, toy_specs
+        if lm.run_config and lm.run_config.get('source') is None:
+            target = toy_specs(cfg=ToyConfig(**(lm.run_config.get('toy') or {})))[1]
+        else:
+            raise DatasetError('no --target given and the model has no run configuration naming one; '
+                               'pass --target KIND:DIR (check it with dada-fastai data-report)')
+    size = parse_size(target_size or lm.run_config.get('target_size'))
+    base = load_model(baseline, device) if baseline else None
+    if base is not None and base.protocol.n_classes != n_classes:
+        raise CheckpointError(f'baseline {baseline} predicts {base.protocol.n_classes} classes, not {n_classes}')
+    ds = open_dataset(target, n_classes=n_classes)
+    samples = ds.samples('val')[:max_images]
+    proto = lm.protocol
+    total, worse = ConfusionMatrix(proto), 0
+    for s in samples:
+        rgb, label = ds.read_image(s), ds.read_label(s)
+        lab = torch.from_numpy(label.astype(np.int64))
+        pred, _ = lm(rgb, size, label.shape)
+        from .learner import confusion_matrix
+        cm = confusion_matrix(torch.from_numpy(pred), lab, proto.n_classes)
+        total.cm += cm
+        if base is not None:
+            bpred, _ = base(rgb, size, label.shape)
+            bcm = confusion_matrix(torch.from_numpy(bpred), lab, proto.n_classes)
+            worse += _per_image_miou(cm.numpy()) < _per_image_miou(bcm.numpy())
+    per_class = total.per_class()
+    iou = np.array(list(per_class.values()))
+    res = {'miou': float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan'),
+           'miou13': float(np.nanmean(iou[list(proto.subset13)])) if proto.subset13 else None,
+           'per_class': per_class, 'images': len(samples), 'target': str(target)}
+    if base is not None:
+        res['negative_transfer'] = 100. * worse / max(len(samples), 1)
+    return json.loads(json.dumps(res).replace('NaN', 'null'))
+
+
+def _expand_inputs(inputs) -> list[Path]:
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f'input not found: {p}')
+    if not files:
+        raise DatasetError(f'no images ({", ".join(IMAGE_SUFFIXES)}) found in {", ".join(map(str, inputs))}')
+    return files
+
+
+def predict_files(model: str | Path, inputs, out: str | Path, size: str | None = None,
+                  device: str = 'auto') -> list[Path]:
+    """Write <name>_seg.png (colour-coded classes) and <name>_depth.png (near = warm) for each image."""
+    lm = load_model(model, device)
+    size = parse_size(size or lm.run_config.get('target_size'))
+    out = Path(out)
+    written = []
+    for f in _expand_inputs(inputs):
+        rgb = read_array(f)
+        if rgb.ndim == 2:
+            rgb = np.stack([rgb] * 3, -1)
+        rgb = np.ascontiguousarray(rgb[..., 2::-1]).astype(np.uint8)  # OpenCV's BGR(A) -> RGB
+        pred, depth = lm(rgb, size, rgb.shape[:2])
+        written.append(write_png(out / f'{f.stem}_seg.png', lm.protocol.colorize(pred)))
+        if depth is not None:
+            written.append(write_png(out / f'{f.stem}_depth.png', depth_to_rgb(depth)))
+    return written

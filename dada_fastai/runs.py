@@ -1,0 +1,186 @@
+"""Training runs from a configuration: the run folder, the data and learner it builds, training with
+checkpoints, resume, the final evaluation and pictures. The Python side of `dada-fastai train`."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .config import ConfigError, TrainConfig, resolve_config
+from .data import dada_dataloaders, parse_size
+from .losses import Lambdas
+
+__all__ = ['RunError', 'resolve_device', 'seed_everything', 'new_run_dir', 'build_dataloaders', 'build_learner',
+           'train', 'resume', 'RunResult', 'epoch_length']
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue (existing folder, missing device, nothing to resume)."""
+
+
+def resolve_device(device: str = 'auto') -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise RunError(f'--device {device} requested but CUDA is not available on this machine '
+                       '(no NVIDIA driver or a CPU-only torch); use --device cpu')
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise RunError(f'unknown device {device!r}; valid: auto, cpu, cuda, cuda:N') from None
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; optionally ask torch for deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def new_run_dir(out: str | None, method: str) -> Path:
+    """A fresh run folder: `out`, or ./runs/<time>-<method>. Never reuses a folder that holds a run."""
+    path = Path(out) if out else Path('runs') / f'{time.strftime("%Y%m%d-%H%M%S")}-{method}'
+    if path.exists() and any((path / f).exists() for f in ('config.yaml', 'last.pth', 'export.safetensors')):
+        raise RunError(f'run folder {path} already holds a run; continue it with --resume {path} or choose '
+                       'another --out')
+    if path.exists() and not path.is_dir():
+        raise RunError(f'--out {path} is a file, not a folder')
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _norm_for(cfg: TrainConfig) -> str:
+    from .model import REFERENCE_ARCH
+    if cfg.norm != 'auto':
+        return cfg.norm
+    if cfg.arch == REFERENCE_ARCH:
+        return 'reference'
+    return 'timm' if cfg.pretrained or cfg.weights else 'imagenet'
+
+
+def _specs(cfg: TrainConfig) -> tuple[str, str]:
+    if cfg.source is not None:
+        return cfg.source, cfg.target
+    from .toy import ToyConfig, toy_specs
+    return toy_specs(cfg=ToyConfig(**(cfg.toy or {})))
+
+
+def epoch_length(iters: int, natural: int) -> int:
+    """Iterations per epoch: at most `natural` (one pass over the source), dividing `iters` when a divisor
+    is close, so that the run ends on a complete epoch (and its validation)."""
+    k = max(-(-iters // max(natural, 1)), 1)
+    for n_epochs in range(k, 2 * k + 1):
+        if iters % n_epochs == 0:
+            return iters // n_epochs
+    return -(-iters // k)
+
+
+def build_dataloaders(cfg: TrainConfig, device: torch.device | None = None):
+    """The paired DataLoaders a configuration asks for."""
+    source, target = _specs(cfg)
+    workers = cfg.workers if cfg.workers is not None else (4 if device is not None and device.type == 'cuda' else 0)
+    dls = dada_dataloaders(source, target, n_classes=cfg.classes, source_size=parse_size(cfg.source_size),
+                           target_size=parse_size(cfg.target_size), bs=cfg.bs, norm=_norm_for(cfg), arch=cfg.arch,
+                           augment=cfg.augment, num_workers=workers, seed=cfg.seed, device=device, val_max=cfg.val_max)
+    dls.train.n = (cfg.eval_every or epoch_length(cfg.iters, len(dls.train))) * cfg.bs
+    return dls
+
+
+def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None):
+    """The DADA learner a configuration asks for, with checkpoints in `run_dir`."""
+    from .checkpoint import Checkpointer
+    from .learner import dada_learner
+    from .model import REFERENCE_ARCH
+    kwargs = {}
+    if cfg.arch == REFERENCE_ARCH and cfg.layers:
+        kwargs['layers'] = tuple(cfg.layers)
+    cbs = [Checkpointer(run_dir, cfg.checkpoint_every)] if run_dir is not None else []
+    learn = dada_learner(dls, cfg.method, arch=cfg.arch, pretrained=cfg.pretrained and not cfg.weights,
+                         weights=cfg.weights, lambdas=Lambdas(cfg.lambda_seg, cfg.lambda_depth, cfg.lambda_adv),
+                         lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
+                         model_dir='.', backbone_kwargs=kwargs)
+    learn.run_config = cfg.to_dict()
+    return learn
+
+
+class RunResult(dict):
+    """What a run produced: {'run_dir', 'iters', 'miou', 'miou13', 'per_class', 'seconds'}."""
+
+
+def _finish(learn, cfg: TrainConfig, run_dir: Path, started: float, console=None) -> RunResult:
+    from .checkpoint import export_inference
+    iters = int(learn.train_iter)
+    res = learn.evaluate()
+    export_inference(learn, run_dir / 'export.safetensors')
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        learn.show_results(max_n=4)
+        plt.savefig(run_dir / 'results.png', dpi=80, bbox_inches='tight')
+        plt.close('all')
+    except Exception as e:  # pictures must never cost a finished run
+        (console.print if console else print)(f'could not draw results.png: {e}')
+    out = RunResult(run_dir=str(run_dir), iters=iters, seconds=round(time.time() - started, 1), **res)
+    (run_dir / 'results.json').write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _fit(learn, cfg: TrainConfig, start: dict | None = None):
+    from .checkpoint import ResumeFrom
+    cbs = [ResumeFrom(start)] if start else []
+    start_epoch = start['epoch'] if start else 0
+    learn.fit_iters(cfg.iters, lr=cfg.lr, schedule=cfg.schedule, cbs=cbs, start_epoch=start_epoch)
+
+
+def train(cfg: TrainConfig | None = None, console=None, **options) -> RunResult:
+    """Train a run from `cfg` (or options resolved like the command line's), checkpointing into its run
+    folder; returns the final target-validation results."""
+    cfg = cfg or resolve_config(options.pop('config', None), **options)
+    device = resolve_device(cfg.device)
+    run_dir = new_run_dir(cfg.out, cfg.method)
+    cfg.out = str(run_dir)
+    (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    seed_everything(cfg.seed, cfg.deterministic)
+    dls = build_dataloaders(cfg, device)
+    learn = build_learner(cfg, dls, run_dir)
+    started = time.time()
+    _fit(learn, cfg)
+    return _finish(learn, cfg, run_dir, started, console)
+
+
+def resume(run_dir: str | Path, console=None, iters: int | None = None) -> RunResult:
+    """Continue the run in `run_dir` from its last checkpoint, exactly where it stopped."""
+    from .checkpoint import load_checkpoint, restore_training_state
+    run_dir = Path(run_dir)
+    if not (run_dir / 'config.yaml').is_file():
+        raise RunError(f'{run_dir} is not a run folder (no config.yaml); give the folder that `train --out` made')
+    try:
+        values = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f'bad YAML in {run_dir / "config.yaml"}: {e}') from None
+    cfg = TrainConfig(**values)
+    if iters is not None:
+        cfg.iters = iters
+    state = load_checkpoint(run_dir / 'last.pth')
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    dls = build_dataloaders(cfg, device)
+    learn = build_learner(cfg, dls, run_dir)
+    learn.create_opt()
+    restore_training_state(learn, state, run_dir / 'last.pth')
+    started = time.time()
+    if state['iteration'] < cfg.iters:
+        _fit(learn, cfg, state)
+    else:
+        learn.train_iter = state['iteration']
+    return _finish(learn, cfg, run_dir, started, console)

@@ -1,0 +1,156 @@
+"""Tests of the procedural toy domain pair (dada_fastai.toy)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dada_fastai import datasets
+from dada_fastai.protocols import CITYSCAPES_CATEGORY, get_protocol, lookup_table
+from dada_fastai.toy import (CITYSCAPES_ID, SKY_DEPTH, TRAIN_ID, ToyConfig, config_key, default_root, make_toy_pair,
+                             render_scene, scene_rng, toy_specs)
+
+SMALL = ToyConfig(size=(48, 96))
+TINY = ToyConfig(size=(32, 64), n_source=3, n_target_train=2, n_target_val=2, seed=3)
+DOMAINS = ('source', 'target')
+
+
+def scenes(domain: str, cfg: ToyConfig = SMALL, n: int = 8) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The first `n` scenes of a domain as make_toy_pair renders them."""
+    return [render_scene(scene_rng(cfg.seed, domain, i), cfg, domain) for i in range(n)]
+
+
+def read(path: Path) -> np.ndarray:
+    """A PNG as stored (16 bits kept, channels in BGR order)."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
+    return img
+
+
+def test_material_tables_agree():
+    assert (TRAIN_ID == lookup_table(CITYSCAPES_CATEGORY)[CITYSCAPES_ID]).all()
+    assert set(TRAIN_ID.tolist()) == set(range(7))
+
+
+@pytest.mark.parametrize('domain', DOMAINS)
+def test_deterministic_for_a_seed(domain):
+    a, b, c = (render_scene(np.random.default_rng(s), SMALL, domain) for s in (5, 5, 6))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[1], c[1])
+
+
+@pytest.mark.parametrize('domain', DOMAINS)
+def test_outputs_and_all_seven_classes(domain):
+    seen = set()
+    for rgb, labels, depth in scenes(domain):
+        assert rgb.shape == (48, 96, 3) and rgb.dtype == np.uint8
+        assert labels.shape == (48, 96) and labels.dtype == np.uint8
+        assert depth.shape == (48, 96) and depth.dtype == np.float32
+        assert labels.max() <= 6
+        seen |= set(np.unique(labels).tolist())
+    assert seen == set(range(7))
+
+
+@pytest.mark.parametrize('domain', DOMAINS)
+def test_depth_is_exact(domain):
+    cam = SMALL.camera(domain)
+    ground = np.broadcast_to(cam.ground_depth(), SMALL.size)
+    below = np.isfinite(ground)
+    assert (np.diff(ground[below[:, 0], 0]) < 0).all()  # the ground gets farther towards the horizon
+    for _, labels, depth in scenes(domain):
+        flat, sky = labels == 0, labels == 4
+        np.testing.assert_allclose(depth[flat], ground[flat], rtol=1e-6)
+        for col in range(0, SMALL.size[1], 7):
+            d = depth[flat[:, col], col]
+            assert (np.diff(d) < 0).all()  # nearer going down each column
+        assert (depth[sky] == SKY_DEPTH).all() and (depth[~sky] < 500).all()
+        standing = ~flat & ~sky & below  # objects in front of the ground they hide
+        assert standing.any() and (depth[standing] <= ground[standing] * (1 + 1e-6)).all()
+
+
+def test_domains_differ():
+    road = {d: np.concatenate([rgb[labels == 0] for rgb, labels, _ in scenes(d)]).mean(0) for d in DOMAINS}
+    assert np.abs(road['source'] - road['target']).max() > 25
+    sky = {d: np.concatenate([rgb[labels == 4] for rgb, labels, _ in scenes(d)]).mean(0) for d in DOMAINS}
+    assert np.abs(sky['source'] - sky['target']).max() > 25
+    assert SMALL.camera('source') != SMALL.camera('target')
+
+
+def test_make_toy_pair_layouts(tmp_path):
+    source, target = make_toy_pair(tmp_path, TINY)
+    assert source == tmp_path / config_key(TINY) / 'synthia' and target.name == 'cityscapes'
+    to_train = lookup_table(get_protocol(7).synthia)
+    assert sorted(p.name for p in (source / 'RGB').iterdir()) == ['0000000.png', '0000001.png', '0000002.png']
+    for i in range(TINY.n_source):
+        name = f'{i:07d}.png'
+        rgb, labels, depth = render_scene(scene_rng(TINY.seed, 'source', i), TINY, 'source')
+        np.testing.assert_array_equal(read(source / 'RGB' / name)[..., ::-1], rgb)
+        gt = read(source / 'GT' / 'LABELS' / name)
+        assert gt.dtype == np.uint16 and gt.shape == (32, 64, 3)
+        np.testing.assert_array_equal(to_train[gt[..., 2]], labels)  # class in R, the last channel of BGR
+        assert gt[..., 1][labels >= 5].min() > 0 and (gt[..., 1][labels == 4] == 0).all()  # instance ids
+        d = read(source / 'Depth' / 'Depth' / name)
+        assert d.dtype == np.uint16 and d.shape == (32, 64, 3) and (d == d[..., :1]).all()
+        np.testing.assert_array_equal(d[..., 0], np.clip(np.round(depth.astype(np.float64) * 100), 0, 65535))
+        assert (d[..., 0][labels == 4] == 65535).all()
+    cat = lookup_table(CITYSCAPES_CATEGORY)
+    for split, n in (('train', TINY.n_target_train), ('val', TINY.n_target_val)):
+        images = sorted((target / 'leftImg8bit' / split).glob('*/*_leftImg8bit.png'))
+        assert len(images) == n
+        for i in range(n):
+            rgb, labels, _ = render_scene(scene_rng(TINY.seed, 'target', i, split), TINY, 'target')
+            path, = (target / 'leftImg8bit' / split).glob(f'*/*_{i:06d}_000019_leftImg8bit.png')
+            np.testing.assert_array_equal(read(path)[..., ::-1], rgb)
+            city, stem = path.parent.name, path.name[:-len('_leftImg8bit.png')]
+            ids = read(target / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png')
+            assert ids.dtype == np.uint8 and ids.ndim == 2
+            np.testing.assert_array_equal(cat[ids], labels)
+    assert not [p for p in target.rglob('*') if 'depth' in p.name.lower() or 'disparity' in p.name.lower()]
+    assert (source.parent / '.complete').is_file()
+
+
+def test_make_toy_pair_reuses_and_regenerates(tmp_path):
+    source, _ = make_toy_pair(tmp_path, TINY)
+    probe = source / 'RGB' / '0000000.png'
+    before = probe.stat()
+    assert make_toy_pair(tmp_path, TINY)[0] == source
+    after = probe.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+    (source.parent / '.complete').unlink()  # as if interrupted
+    make_toy_pair(tmp_path, TINY)
+    assert probe.stat().st_ino != before.st_ino and (source.parent / '.complete').is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [source.parent.name]  # no leftovers
+    assert toy_specs(tmp_path, TINY) == (f'synthia:{source}', f'cityscapes:{source.parent / "cityscapes"}')
+
+
+def test_config_key_and_default_root(monkeypatch, tmp_path):
+    assert config_key(TINY) == config_key(ToyConfig(size=(32, 64), n_source=3, n_target_train=2,
+                                                    n_target_val=2, seed=3))
+    assert config_key(TINY) != config_key(ToyConfig(size=(32, 64), n_source=3, n_target_train=2,
+                                                    n_target_val=2, seed=3, visibility=50.0))
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path))
+    assert default_root() == tmp_path / 'toy'
+    with pytest.raises(ValueError):
+        TINY.camera('real')
+
+
+def test_readers_accept_the_pair(tmp_path):
+    if not hasattr(datasets, 'open_dataset'):
+        pytest.skip('dada_fastai.datasets has no readers yet')
+    source, target = make_toy_pair(tmp_path, TINY)
+    synthia = datasets.open_dataset(f'synthia:{source}', n_classes=7)
+    items = synthia.samples('train')
+    assert len(items) == TINY.n_source
+    _, labels, depth = render_scene(scene_rng(TINY.seed, 'source', 0), TINY, 'source')
+    np.testing.assert_array_equal(synthia.read_label(items[0]), labels)
+    depth_cm = np.clip(np.round(depth.astype(np.float64) * 100), 0, 65535)
+    np.testing.assert_allclose(synthia.read_depth(items[0]), datasets.inverse_depth_cm(depth_cm))
+    cityscapes = datasets.open_dataset(f'cityscapes:{target}', n_classes=7)
+    assert not cityscapes.has_depth
+    for split, n in (('train', TINY.n_target_train), ('val', TINY.n_target_val)):
+        items = cityscapes.samples(split)
+        assert len(items) == n and all(s.label is not None for s in items)
+        assert cityscapes.read_label(items[0]).max() <= 6
