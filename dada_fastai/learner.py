@@ -228,21 +228,18 @@ class DADALearner(Learner):
         """Target image, ground truth, prediction and predicted depth (near = warm), one row per image."""
         from fastai.vision.data import get_grid
         from .data import depth_to_rgb
-        dl = dl if dl is not None else self.dls[ds_idx].new(shuffle=False, drop_last=False)
-        b = dl.one_batch()
-        x, y = b[0], b[1]
-        pred, depth = self.predict_batch(x, y.shape[-2:])
-        n = min(max_n, len(x))
+        dl = dl if dl is not None else self.dls[ds_idx].new(shuffle=False, drop_last=False, bs=1)
+        n = min(max_n, len(dl.dataset))
         axs = get_grid(4 * n, nrows=n, ncols=4, figsize=figsize or (16, 2.6 * n),
                        title='target image / ground truth / prediction / predicted depth')
-        imgs = dl.decode((x,))[0]
         proto = self.protocol
-        for i in range(n):
-            imgs[i].show(ctx=axs[4 * i])
-            axs[4 * i + 1].imshow(proto.colorize(y[i].cpu().numpy()))
-            axs[4 * i + 2].imshow(proto.colorize(pred[i].cpu().numpy()))
+        for i, (x, y) in zip(range(n), dl):  # one image at a time: validation images may differ in size
+            pred, depth = self.predict_batch(x, y.shape[-2:])
+            dl.decode((x,))[0][0].show(ctx=axs[4 * i])
+            axs[4 * i + 1].imshow(proto.colorize(y[0].cpu().numpy()))
+            axs[4 * i + 2].imshow(proto.colorize(pred[0].cpu().numpy()))
             if depth is not None:
-                axs[4 * i + 3].imshow(depth_to_rgb(depth[i, 0]))
+                axs[4 * i + 3].imshow(depth_to_rgb(depth[0, 0]))
             for a in axs[4 * i:4 * i + 4]:
                 a.axis('off')
         return axs
