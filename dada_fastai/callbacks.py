@@ -2,8 +2,10 @@
 iteration budgets and the reference's poly schedule."""
 from __future__ import annotations
 
+import warnings
+
 import torch
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelFitException, CancelStepException
 from fastai.learner import Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
@@ -11,7 +13,8 @@ from torch import nn
 from .losses import (Lambdas, adaptation_map, discriminator_loss, fooling_loss, set_requires_grad, upsample,
                      SOURCE_LABEL, TARGET_LABEL)
 
-__all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay']
+__all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'NonFiniteLoss',
+           'NonFiniteGuard']
 
 
 class TrainTerm(Metric):
@@ -121,6 +124,7 @@ class DADATrainer(Callback):
         self.lambdas, self.d_lr, self.d_betas = lambdas, d_lr, d_betas
         self.d_opt = None
         self.terms = {k: TrainTerm(k) for k in self.term_names()}
+        self.batch_terms: dict[str, torch.Tensor] = {}  # this iteration's loss terms
 
     def term_names(self) -> list[str]:
         """Names of the loss terms this configuration records."""
@@ -130,8 +134,10 @@ class DADATrainer(Callback):
             names += [f'adv{sfx}', f'd_src{sfx}', f'd_trg{sfx}']
         return names
 
-    def _term(self, name: str, kind: str) -> TrainTerm:
-        return self.terms[name if len(self.discriminators) == 1 else f'{name}_{kind}']
+    def _record(self, name: str, value: torch.Tensor, kind: str | None = None) -> None:
+        key = name if kind is None or len(self.discriminators) == 1 else f'{name}_{kind}'
+        self.batch_terms[key] = value.detach()
+        self.terms[key].add(value)
 
     # -- set-up -------------------------------------------------------------------------------------------
     def create_d_opt(self) -> None:
@@ -158,6 +164,7 @@ class DADATrainer(Callback):
             return
         self.x_trg = self.learn.xb[1]
         self.learn.xb = self.learn.xb[:1]
+        self.batch_terms = {}
         for d in self.discriminators.values():
             set_requires_grad(d, False)
 
@@ -167,7 +174,7 @@ class DADATrainer(Callback):
         parts = getattr(self.loss_func, 'parts', {})
         for name in ('seg', 'depth'):
             if name in parts:
-                self.terms[name].add(parts[name])
+                self._record(name, parts[name])
 
     def after_backward(self):
         if not self.training or not self.discriminators:
@@ -181,7 +188,7 @@ class DADATrainer(Callback):
         for kind, d in self.discriminators.items():
             maps_t[kind] = adaptation_map(up_seg_t, up_depth_t, kind)
             loss = fooling_loss(d, maps_t[kind])
-            self._term('adv', kind).add(loss)
+            self._record('adv', loss, kind)
             adv = adv + loss
         (adv * self.lambdas.adv).backward()
         with torch.no_grad():
@@ -193,8 +200,8 @@ class DADATrainer(Callback):
             loss_src.backward()
             loss_trg = discriminator_loss(d, maps_t[kind], TARGET_LABEL)
             loss_trg.backward()
-            self._term('d_src', kind).add(loss_src)
-            self._term('d_trg', kind).add(loss_trg)
+            self._record('d_src', loss_src, kind)
+            self._record('d_trg', loss_trg, kind)
 
     def after_step(self):
         if self.d_opt is None or not self.training:
@@ -222,3 +229,38 @@ class DADATrainer(Callback):
                 self.create_d_opt()
             self.d_opt.load_state_dict(state['d_opt'])
 
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training met a loss that is NaN or infinite."""
+
+
+class NonFiniteGuard(Callback):
+    """Check the iteration's loss terms before the optimizers step (one host sync per iteration): on a NaN
+    or infinite term, `action='stop'` raises `NonFiniteLoss` naming the iteration and the term, `'skip'`
+    drops the iteration's update (segmenter and discriminators) and goes on."""
+    order = 80  # before_step runs after DADATrainer's backward passes
+
+    def __init__(self, action: str = 'stop'):
+        if action not in ('stop', 'skip'):
+            raise ValueError(f"unknown non-finite action {action!r}; valid: stop, skip")
+        self.action, self.skipped = action, []
+
+    def before_step(self):
+        terms = dict(getattr(getattr(self.learn, 'dada', None), 'batch_terms', {}) or {})
+        terms.setdefault('loss', self.learn.loss.detach())
+        names = list(terms)
+        finite = torch.isfinite(torch.stack([terms[n].float().reshape(()) for n in names]))
+        if bool(finite.all()):
+            return
+        bad = ', '.join(f'{n}={float(terms[n]):g}' for n, ok in zip(names, finite.tolist()) if not ok)
+        it = self.learn.train_iter + 1
+        if self.action == 'stop':
+            raise NonFiniteLoss(f'non-finite loss at iteration {it}: {bad}; lower the learning rate, check the '
+                                'data, or pass --on-nan skip to skip such iterations')
+        self.skipped.append(it)
+        warnings.warn(f'skipping iteration {it}: non-finite loss ({bad})')
+        dada = getattr(self.learn, 'dada', None)
+        if dada is not None and dada.d_opt is not None:
+            dada.d_opt.zero_grad()
+        raise CancelStepException()

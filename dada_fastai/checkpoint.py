@@ -83,10 +83,24 @@ def model_meta(learn) -> dict:
             'layers': cfg.get('layers')}
 
 
+def _plain(obj):
+    """NumPy scalars and arrays (fastai's schedules put them in optimizer hyper-parameters) -> Python
+    numbers and tensors, so that the checkpoint loads with `weights_only=True`."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    return obj
+
+
 def save_checkpoint(learn, path: str | Path, iteration: int, epoch: int = 0, iter_in_epoch: int = 0) -> Path:
     """Write a training checkpoint atomically (the previous file stays usable if anything fails)."""
     buf = io.BytesIO()
-    torch.save(training_state(learn, iteration, epoch, iter_in_epoch), buf)
+    torch.save(_plain(training_state(learn, iteration, epoch, iter_in_epoch)), buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 

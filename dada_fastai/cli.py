@@ -59,6 +59,7 @@ def train(
     device: str = None,  # auto, cpu, cuda or cuda:N
     mode: Annotated[str, 'faithful: float32 in the reference order; fast: mixed precision, channels_last', {'choices': ['faithful', 'fast']}] = None,
     workers: int = None,  # data-loading workers
+    on_nan: Annotated[str, 'what a NaN/inf loss does: stop with a message, or skip the iteration', {'choices': ['stop', 'skip']}] = None,
     list_presets: Annotated[store_true, 'list the built-in presets and exit'] = False,
 ):
     """Train a DADA (or AdvEnt, source-only, ablation) model and evaluate it on the target validation set."""
@@ -83,7 +84,7 @@ def train(
 
 _TRAIN_OPTIONS = ('source', 'target', 'classes', 'method', 'arch', 'pretrained', 'weights', 'iters', 'source_size',
                   'target_size', 'bs', 'lr', 'd_lr', 'schedule', 'seed', 'out', 'checkpoint_every', 'eval_every',
-                  'val_max', 'device', 'mode', 'workers')
+                  'val_max', 'device', 'mode', 'workers', 'on_nan')
 
 
 def _print_iou(res: dict, title: str) -> None:
@@ -137,8 +138,8 @@ def predict(
 
 
 def data_report(
-    source: str,  # KIND:DIR of the source dataset
-    target: str,  # KIND:DIR of the target dataset
+    source: Annotated[str, 'KIND:DIR of the source dataset', {'required': True}] = None,
+    target: Annotated[str, 'KIND:DIR of the target dataset', {'required': True}] = None,
     classes: Annotated[int, 'class protocol', {'choices': [16, 7]}] = 16,
     json_out: Annotated[store_true, 'print one JSON object'] = False,
 ):
@@ -180,8 +181,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .datasets import DatasetError
     from .model import WeightsError
+    from .callbacks import NonFiniteLoss
     from .runs import RunError
-    return DatasetError, ConfigError, WeightsError, CheckpointError, RunError, FileNotFoundError, ValueError
+    return (DatasetError, ConfigError, WeightsError, CheckpointError, RunError, NonFiniteLoss, FileNotFoundError,
+            ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ with the masks kept at the label's full resolution, as the reference evaluates.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,15 +16,15 @@ from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.torch_core import TensorImageBase
-from fastai.vision.core import PILImage, PILMask, TensorImage, TensorMask
-from fasttransform import Transform
+from fastai.vision.core import PILImage, PILMask, TensorImage, TensorMask, ToTensor, image2tensor
+from fasttransform import ItemTransform, Transform
 from PIL import Image
 
 from .datasets import DomainDataset, Sample, image_size, open_dataset
 from .protocols import get_protocol
 
 __all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'ReadDepth', 'SourceImageBlock',
-           'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'TargetSampler', 'PairedDL', 'ToBGR',
+           'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'TargetSampler', 'PairedDL', 'PairedAugment', 'ToBGR',
            'normalization', 'dada_datablock', 'target_datablock', 'dada_dataloaders', 'parse_size',
            'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb']
 
@@ -42,18 +43,31 @@ class DataItem:
 
 
 def parse_size(size: str | int | Sequence[int] | None) -> tuple[int, int] | None:
-    """'HxW', an int (square) or (H, W) -> (H, W)."""
-    if size is None or isinstance(size, tuple | list):
-        return None if size is None else (int(size[0]), int(size[1]))
-    if isinstance(size, int):
-        return (size, size)
-    try:
-        h, w = (int(v) for v in str(size).lower().split('x'))
-    except ValueError:
-        raise ValueError(f'bad size {size!r}: expected HxW, for example 760x1280') from None
-    if h <= 0 or w <= 0:
+    """'HxW' (or 'H,W'), an int or a digit string (square), or (H, W) -> (H, W); None stays None.
+    Raises ValueError naming the bad value otherwise."""
+    if size is None:
+        return None
+    bad = f'bad size {size!r}: expected HxW (for example 760x1280), an int or (H, W)'
+    if isinstance(size, bool):
+        raise ValueError(bad)
+    if isinstance(size, numbers.Integral):
+        hw = (int(size), int(size))
+    elif isinstance(size, str):
+        parts = size.strip().lower().replace(',', 'x').split('x')
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(bad)
+        hw = (int(parts[0]), int(parts[1]))
+    elif isinstance(size, Sequence) or hasattr(size, '__len__'):
+        if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):
+            raise ValueError(bad)
+        hw = (int(size[0]), int(size[1]))
+    else:
+        raise ValueError(bad)
+    if hw[0] <= 0 or hw[1] <= 0:
         raise ValueError(f'bad size {size!r}: height and width must be positive')
-    return h, w
+    return hw
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,6 +105,12 @@ class PILDepth(PILMask):
     def show(self, ctx=None, **kwargs):
         from fastai.torch_core import show_image
         return show_image(depth_to_rgb(np.asarray(self)), ctx=ctx, **{k: v for k, v in kwargs.items() if k == 'title'})
+
+
+@ToTensor
+def encodes(self, o: PILDepth):
+    """PILDepth -> TensorDepth (1, H, W): the channel kept, so batches are (B, 1, H, W) like the model's depth."""
+    return o._tensor_cls(image2tensor(o))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,34 +218,56 @@ def _epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
 
 
 class TargetSampler:
-    """Getter of the target image paired with a source item: a fresh, seeded draw at each epoch, so the data
-    order is a function of (seed, epoch) alone (exact resume, identical across processes)."""
+    """Getter of the target image paired with a source item. At each epoch the targets are drawn in a seeded
+    random order (permutations of all targets, one after the other), independently of the source shuffle, and
+    the i-th sample of the epoch gets the i-th draw: the pairing is a function of (seed, epoch) alone (exact
+    resume, identical across processes and workers), and a source repeated in a long epoch gets fresh targets.
+    `PairedDL` tells it the position of the item being built; outside a DataLoader (e.g. `Datasets[i]`) the
+    position is the source's index in the bound source list (0 when unbound)."""
 
     def __init__(self, targets: Sequence[DataItem], seed: int = 0):
+        if not len(targets):
+            raise ValueError('TargetSampler needs at least one target item')
         self.targets, self.seed = list(targets), seed
         self.index: dict[Sample, int] = {}
-        self.table = np.arange(0)
-
-    def bind(self, sources: Sequence[DataItem]) -> None:
-        """Learn the source items' positions (a source item's target depends on its position and the epoch)."""
-        self.index = {it.sample: i for i, it in enumerate(sources)}
+        self.epoch, self.pos = 0, None
         self.set_epoch(0)
 
+    def bind(self, sources: Sequence[DataItem]) -> None:
+        """Learn the source items' positions (used when no DataLoader sets the position)."""
+        self.index = {it.sample: i for i, it in enumerate(sources)}
+        self.set_epoch(self.epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Draw the pairing of `epoch`: targets in a seeded random order, cycled over the sources."""
-        n_src, n_trg = max(len(self.index), 1), len(self.targets)
-        reps = -(-n_src // n_trg)
-        rng = _epoch_rng(self.seed, epoch, 1)
-        self.table = np.concatenate([rng.permutation(n_trg) for _ in range(reps)])[:n_src]
+        """Start the draws of `epoch` (the table grows on demand, always with the same prefix)."""
+        self.epoch = epoch
+        self._rng = _epoch_rng(self.seed, epoch, 1)
+        self.table = np.arange(0)
+        self._extend(max(len(self.index), 1))
+
+    def _extend(self, n: int) -> None:
+        parts = [self.table]
+        while sum(len(p) for p in parts) < n:
+            parts.append(self._rng.permutation(len(self.targets)))
+        self.table = np.concatenate(parts)
+
+    def target_index(self, pos: int) -> int:
+        """The index of the target drawn for position `pos` of the epoch."""
+        if pos >= len(self.table):
+            self._extend(pos + 1)
+        return int(self.table[pos])
 
     def __call__(self, item: DataItem) -> DataItem:
-        return self.targets[self.table[self.index[item.sample]]]
+        pos = self.pos if self.pos is not None else self.index.get(item.sample, 0)
+        return self.targets[self.target_index(pos)]
 
 
 class PairedDL(TfmdDL):
     """Training DataLoader of (source sample, target image) pairs. Shuffling and pairing are seeded by
     (seed, epoch), so every process of a distributed run and a resumed run see the same order; `n` sets
-    the number of samples per epoch (default: all sources once)."""
+    the number of samples per epoch (default: all sources once; a longer epoch goes through the sources again
+    in a new order); `skip` drops the first `skip` batches of the epoch (resume inside an epoch) and `len`
+    counts the batches left."""
 
     def __init__(self, dataset=None, sampler: TargetSampler | None = None, seed: int = 0, **kwargs):
         self.sampler, self.seed, self.epoch, self.skip = sampler, seed, 0, 0
@@ -237,15 +279,34 @@ class PairedDL(TfmdDL):
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
 
-    def get_idxs(self) -> list[int]:
+    def __len__(self) -> int:
+        return max(super().__len__() - self.skip, 0)
+
+    def source_order(self) -> list[int]:
+        """The source indices of the whole epoch (before `skip`), a function of (seed, epoch)."""
         n_items = len(self.dataset)
         if not self.shuffle:
-            idxs = [i % n_items for i in range(self.n)]
-        else:
-            rng = _epoch_rng(self.seed, self.epoch, 0)
-            reps = -(-self.n // n_items)
-            idxs = np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:self.n].tolist()
-        return idxs[self.skip * self.bs:]  # a resumed epoch skips the batches already trained on
+            return [i % n_items for i in range(self.n)]
+        rng = _epoch_rng(self.seed, self.epoch, 0)
+        reps = -(-self.n // n_items)
+        return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:self.n].tolist()
+
+    def get_idxs(self) -> list[tuple[int, int]]:
+        """(position in the epoch, source index) of the samples left after `skip`; the position picks the target."""
+        start = self.skip * (self.bs or 1)  # a resumed epoch skips the batches already trained on
+        return list(enumerate(self.source_order()))[start:]
+
+    def create_item(self, s):
+        pos, idx = (None, 0) if s is None else s if isinstance(s, tuple) else (None, s)
+        if self.sampler is not None:
+            if self.sampler.epoch != self.epoch:
+                self.sampler.set_epoch(self.epoch)
+            self.sampler.pos = pos
+        try:
+            return self.dataset[idx]
+        finally:
+            if self.sampler is not None:
+                self.sampler.pos = None
 
     def new(self, dataset=None, cls=None, **kwargs):
         res = super().new(dataset, cls, **{'sampler': self.sampler, 'seed': self.seed, **kwargs})
@@ -275,15 +336,62 @@ class PairedDL(TfmdDL):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Optional augmentation
+# ---------------------------------------------------------------------------------------------------------
+class PairedAugment(ItemTransform):
+    """Random horizontal flip and random scaled crop (fastai's `FlipItem` and `RandomResizedCrop`) of a training
+    item `(source image, target image, mask, depth)`: one draw applied to the source image, its mask and its
+    depth together, another, independent draw for the target image (a crop computed on one domain's image is
+    meaningless for the other, whose size differs). Each crop keeps at least `min_scale` of the image's area
+    with the aspect ratio of the output and is resized to the domain's size (bicubic for images, nearest for
+    masks and depth); a size of None keeps the image's size and only flips. `dada_datablock` then reads the
+    files at full resolution and lets this transform do the single resize. Training only (`split_idx=0`)."""
+    split_idx, order = 0, 1  # after AddMaskCodes, before ToTensor (5)
+
+    def __init__(self, source_size: tuple[int, int] | None = PAPER_SOURCE_SIZE,
+                 target_size: tuple[int, int] | None = PAPER_TARGET_SIZE, min_scale: float = 0.5, p_flip: float = 0.5):
+        super().__init__()
+        self.source_size, self.target_size = parse_size(source_size), parse_size(target_size)
+        self.min_scale, self.p_flip = min_scale, p_flip
+        self.source_tfms, self.target_tfms = self._tfms(self.source_size), self._tfms(self.target_size)
+
+    def _tfms(self, size: tuple[int, int] | None) -> list:
+        from fastai.vision.augment import FlipItem, RandomResizedCrop
+        tfms = [FlipItem(self.p_flip)]
+        if size is not None:
+            tfms.append(RandomResizedCrop(size, min_scale=self.min_scale, ratio=(size[1] / size[0],) * 2,
+                                          resamples=(Image.BICUBIC, Image.NEAREST)))
+        return tfms
+
+    @staticmethod
+    def _apply(tfms: list, items: tuple) -> tuple:
+        for t in tfms:  # a RandTransform draws once per call, then maps over the tuple
+            items = t(items, split_idx=0)
+        return tuple(items)
+
+    def encodes(self, b):
+        x_src, x_trg, mask, depth = b
+        x_src, mask, depth = self._apply(self.source_tfms, (x_src, mask, depth))
+        (x_trg,) = self._apply(self.target_tfms, (x_trg,))
+        return (x_src, x_trg, mask, depth)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # DataBlocks and DataLoaders
 # ---------------------------------------------------------------------------------------------------------
 def dada_datablock(targets: Sequence[DataItem], codes: Sequence[str], source_size=PAPER_SOURCE_SIZE,
                    target_size=PAPER_TARGET_SIZE, norm: Sequence = (), item_tfms=None, seed: int = 0) -> DataBlock:
     """The training DataBlock: items are source `DataItem`s; blocks (source image, target image, mask, depth);
-    `targets` are the target items that `TargetSampler` pairs with them."""
+    `targets` are the target items that `TargetSampler` pairs with them. Files are resized at load (bicubic
+    images, nearest masks and depth), except where a `PairedAugment` among `item_tfms` crops and resizes them."""
+    source_size, target_size = parse_size(source_size), parse_size(target_size)
+    item_tfms = [] if item_tfms is None else list(item_tfms) if isinstance(item_tfms, (list, tuple)) else [item_tfms]
+    aug = [t for t in item_tfms if isinstance(t, PairedAugment)]
+    load_src = None if any(t.source_size is not None for t in aug) else source_size
+    load_trg = None if any(t.target_size is not None for t in aug) else target_size
     sampler = TargetSampler(targets, seed)
-    return DataBlock(blocks=(SourceImageBlock(source_size), TargetImageBlock(target_size),
-                             MaskBlockFor(source_size, codes), DepthBlock(source_size)),
+    return DataBlock(blocks=(SourceImageBlock(load_src), TargetImageBlock(load_trg),
+                             MaskBlockFor(load_src, codes), DepthBlock(load_src)),
                      getters=[None, sampler, None, None], n_inp=2, splitter=_all_train, item_tfms=item_tfms,
                      batch_tfms=list(norm), dl_type=PairedDL)
 
@@ -318,7 +426,7 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
     src_items, trg_items, val_items = _items(src, 'train'), _items(trg, 'train'), _items(trg, 'val')
     if val_max is not None:
         val_items = val_items[:val_max]
-    aug = _augmentations(source_size) if augment else None
+    aug = _augmentations(source_size, target_size) if augment else None
     block = dada_datablock(trg_items, proto.classes, source_size, target_size, norm_tfms, aug, seed)
     block.getters[1].bind(src_items)
     dsets = block.datasets(src_items, verbose=False)
@@ -337,10 +445,7 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
     return dls
 
 
-def _augmentations(size: tuple[int, int] | None) -> list:
-    """Optional augmentation through fastai's transforms (off in the paper's recipe): flip, scale, crop."""
-    from fastai.vision.augment import FlipItem, RandomResizedCrop
-    tfms = [FlipItem(0.5)]
-    if size is not None:
-        tfms.append(RandomResizedCrop(size, min_scale=0.5, ratio=(size[1] / size[0],) * 2))
-    return tfms
+def _augmentations(source_size: tuple[int, int] | None, target_size: tuple[int, int] | None = None) -> list:
+    """Optional augmentation through fastai's transforms (off in the paper's recipe): flip, scale, crop,
+    consistent over the source image, mask and depth and independent for the target image."""
+    return [PairedAugment(source_size, target_size)]

@@ -38,7 +38,7 @@ class LoadedModel:
         img = Image.fromarray(rgb)
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.BICUBIC)
-        x = TensorImage(torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255)
+        x = TensorImage(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255)
         for tfm in self.norm:
             x = tfm(x)
         return torch.Tensor(x).to(self.device)

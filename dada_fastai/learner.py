@@ -15,7 +15,7 @@ from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
 
-from .callbacks import DADATrainer, HeadLR, IterBudget, SetEpoch, poly_decay
+from .callbacks import DADATrainer, HeadLR, IterBudget, NonFiniteGuard, SetEpoch, poly_decay
 from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
@@ -249,11 +249,12 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  pretrained: bool = False, weights: str | None = None, n_classes: int | None = None,
                  lambdas: Lambdas | None = None, lr: float = 2.5e-4, wd: float = 5e-4, d_lr: float = 1e-4,
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
-                 backbone_kwargs: dict | None = None, **kwargs) -> DADALearner:
+                 backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
-    `arch` is any timm model name or 'deeplabv2_resnet101' (the reference backbone)."""
+    `arch` is any timm model name or 'deeplabv2_resnet101' (the reference backbone); `on_nan` ('stop',
+    'skip' or None) decides what a non-finite loss does."""
     cfg = method_config(method)
     proto = getattr(dls, 'protocol', None) or get_protocol(n_classes or 16)
     n_classes = proto.n_classes
@@ -270,7 +271,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     metrics += list(trainer.terms.values())
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,
-                        cbs=[trainer, HeadLR(head_lr_mult), SetEpoch()] + list(cbs or []), **kwargs)
+                        cbs=[trainer, HeadLR(head_lr_mult), SetEpoch()] + ([NonFiniteGuard(on_nan)] if on_nan else [])
+                        + list(cbs or []), **kwargs)
     learn.dada_config = {'protocol': proto, 'method': cfg, 'arch': arch, 'lambdas': lambdas, 'confusion': cm,
                          'layers': list((backbone_kwargs or {}).get('layers', ())) or None}
     return learn

@@ -2,6 +2,8 @@
 classifier, and the DCGAN-style discriminator; plus loading of the reference implementation's weights."""
 from __future__ import annotations
 
+import argparse
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -64,6 +66,10 @@ def create_backbone(arch: str = 'resnet101', pretrained: bool = False, output_st
     """A timm `features_only` backbone returning its last feature map; channels in `.feature_info`."""
     if pretrained and weights is not None:
         raise ValueError('give either pretrained=True or a weights file, not both')
+    if pretrained and arch == REFERENCE_ARCH:
+        raise WeightsError(f'{REFERENCE_ARCH!r} has no downloadable weights: pass the reference ImageNet '
+                           'initialisation with --weights FILE (DeepLab_resnet_pretrained_imagenet.pth), or train '
+                           'from scratch with --no-pretrained')
     kw = dict(features_only=True, out_indices=(-1,), pretrained=pretrained, **kwargs)
     if arch == REFERENCE_ARCH:
         kw['out_indices'] = (4,)
@@ -78,6 +84,9 @@ def create_backbone(arch: str = 'resnet101', pretrained: bool = False, output_st
         if arch not in timm.list_models():
             raise ValueError(f'unknown backbone {arch!r}: use a timm model name (timm.list_models()) '
                              f'or {REFERENCE_ARCH!r}') from None
+        if pretrained and 'no pretrained weights' in str(e).lower():
+            raise WeightsError(f'timm has no pretrained weights for {arch!r}: pass a local file with --weights '
+                               'FILE, or train from scratch with --no-pretrained') from None
         if pretrained and ('download' in str(e).lower() or 'connect' in str(e).lower() or 'hub' in str(e).lower()):
             raise WeightsError(f'could not download pretrained weights for {arch!r} ({e}); pass a local file '
                                'with --weights FILE (a timm checkpoint or the reference .pth), or train from '
@@ -167,6 +176,8 @@ class DADA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = self.backbone(x)[-1]
+        if getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC':  # e.g. Swin, MambaOut feature maps
+            feats = feats.permute(0, 3, 1, 2)
         depth = None
         if self.depth is not None:
             depth, dec = self.depth(feats)
@@ -262,12 +273,15 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise WeightsError(f'cannot read safetensors file {path}: {e}') from None
     try:
-        sd = torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):  # the `args` of timm training checkpoints
+            sd = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if 'weights_only' in str(e) or 'Unsupported global' in str(e) or 'GLOBAL' in str(e):
-            raise WeightsError(f'refusing {path}: it needs pickle code execution to load ({msg}); only plain '
-                               'tensor state dicts (.pth saved from state_dict()) or .safetensors are accepted') from None
+            globs = sorted(set(re.findall(r'GLOBAL (\S+?)(?:[\s,]|$)', str(e))))
+            raise WeightsError(f'refusing {path}: it needs pickle code execution to load '
+                               f'({", ".join(globs) or "non-tensor objects"}); only plain tensor state dicts '
+                               '(.pth saved from state_dict()) or .safetensors are accepted') from None
         raise WeightsError(f'cannot read weights file {path} (truncated or not a PyTorch file?): {msg}') from None
     for key in ('state_dict', 'model', 'model_state_dict'):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
@@ -298,7 +312,7 @@ def load_official_state_dict(model: DADA, state_dict: Mapping[str, torch.Tensor]
     target = model.state_dict()
     if is_backbone_init:
         target = {k: v for k, v in target.items() if k.startswith('backbone.')}
-    missing = sorted(set(target) - set(ours))
+    missing = sorted(k for k in set(target) - set(ours) if not _optional(k))
     unexpected = sorted(set(ours) - set(target))
     shape = sorted(k for k in set(ours) & set(target) if ours[k].shape != target[k].shape)
     if missing or unexpected or shape:
@@ -315,6 +329,11 @@ def load_official_state_dict(model: DADA, state_dict: Mapping[str, torch.Tensor]
     return model
 
 
+def _optional(key: str) -> bool:
+    """BatchNorm counters that state dicts saved before PyTorch 0.4.1 lack (PyTorch fills them in on load)."""
+    return key.endswith('.num_batches_tracked')
+
+
 def _short(keys: list[str], n: int = 6) -> str:
     return ', '.join(keys[:n]) + (f', ... (+{len(keys) - n})' if len(keys) > n else '')
 
@@ -324,7 +343,9 @@ def _load_backbone_file(backbone: nn.Module, path: str | Path) -> None:
     sd = _strip_prefix(load_weights_file(path))
     sd = {k: v for k, v in sd.items() if not k.startswith(('layer5.', 'fc.', 'head.', 'classifier.'))}
     target = backbone.state_dict()
-    missing = sorted(set(target) - set(sd))
+    if all(k.startswith('model.') for k in target) and not any(k.startswith('model.') for k in sd):
+        sd = {'model.' + k: v for k, v in sd.items()}  # timm's FeatureGetterNet (ViT & co.) wraps the model
+    missing = sorted(k for k in set(target) - set(sd) if not _optional(k))
     unexpected = sorted(set(sd) - set(target))
     if missing or any(sd[k].shape != target[k].shape for k in set(sd) & set(target)):
         raise WeightsError(f'{path} does not fit the backbone (missing {len(missing)} keys: {_short(missing)}; '

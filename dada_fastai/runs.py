@@ -47,14 +47,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def new_run_dir(out: str | None, method: str) -> Path:
-    """A fresh run folder: `out`, or ./runs/<time>-<method>. Never reuses a folder that holds a run."""
+    """The path of a fresh run folder: `out`, or ./runs/<time>-<method>. Never a folder that holds a run.
+    The caller creates it once everything that can fail early has been checked."""
     path = Path(out) if out else Path('runs') / f'{time.strftime("%Y%m%d-%H%M%S")}-{method}'
     if path.exists() and any((path / f).exists() for f in ('config.yaml', 'last.pth', 'export.safetensors')):
         raise RunError(f'run folder {path} already holds a run; continue it with --resume {path} or choose '
                        'another --out')
     if path.exists() and not path.is_dir():
         raise RunError(f'--out {path} is a file, not a folder')
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -95,7 +95,7 @@ def build_dataloaders(cfg: TrainConfig, device: torch.device | None = None):
     return dls
 
 
-def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None):
+def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
     """The DADA learner a configuration asks for, with checkpoints in `run_dir`."""
     from .checkpoint import Checkpointer
     from .learner import dada_learner
@@ -103,11 +103,11 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None):
     kwargs = {}
     if cfg.arch == REFERENCE_ARCH and cfg.layers:
         kwargs['layers'] = tuple(cfg.layers)
-    cbs = [Checkpointer(run_dir, cfg.checkpoint_every)] if run_dir is not None else []
+    cbs = ([Checkpointer(run_dir, cfg.checkpoint_every)] if run_dir is not None else []) + list(cbs or [])
     learn = dada_learner(dls, cfg.method, arch=cfg.arch, pretrained=cfg.pretrained and not cfg.weights,
                          weights=cfg.weights, lambdas=Lambdas(cfg.lambda_seg, cfg.lambda_depth, cfg.lambda_adv),
                          lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
-                         model_dir='.', backbone_kwargs=kwargs)
+                         model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan)
     learn.run_config = cfg.to_dict()
     return learn
 
@@ -142,23 +142,24 @@ def _fit(learn, cfg: TrainConfig, start: dict | None = None):
     learn.fit_iters(cfg.iters, lr=cfg.lr, schedule=cfg.schedule, cbs=cbs, start_epoch=start_epoch)
 
 
-def train(cfg: TrainConfig | None = None, console=None, **options) -> RunResult:
+def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> RunResult:
     """Train a run from `cfg` (or options resolved like the command line's), checkpointing into its run
-    folder; returns the final target-validation results."""
+    folder; returns the final target-validation results. `cbs`: extra fastai callbacks."""
     cfg = cfg or resolve_config(options.pop('config', None), **options)
     device = resolve_device(cfg.device)
     run_dir = new_run_dir(cfg.out, cfg.method)
     cfg.out = str(run_dir)
-    (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     seed_everything(cfg.seed, cfg.deterministic)
-    dls = build_dataloaders(cfg, device)
-    learn = build_learner(cfg, dls, run_dir)
+    dls = build_dataloaders(cfg, device)  # bad data fails here, before the run folder exists
+    learn = build_learner(cfg, dls, run_dir, cbs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     started = time.time()
     _fit(learn, cfg)
     return _finish(learn, cfg, run_dir, started, console)
 
 
-def resume(run_dir: str | Path, console=None, iters: int | None = None) -> RunResult:
+def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None) -> RunResult:
     """Continue the run in `run_dir` from its last checkpoint, exactly where it stopped."""
     from .checkpoint import load_checkpoint, restore_training_state
     run_dir = Path(run_dir)
@@ -175,7 +176,7 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None) -> RunRe
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
     dls = build_dataloaders(cfg, device)
-    learn = build_learner(cfg, dls, run_dir)
+    learn = build_learner(cfg, dls, run_dir, cbs)
     learn.create_opt()
     restore_training_state(learn, state, run_dir / 'last.pth')
     started = time.time()

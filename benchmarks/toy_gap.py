@@ -1,0 +1,138 @@
+"""The adaptation gap on the built-in toy pair: source-only (S1), AdvEnt (S2), DADA (S7) and a target-supervised
+oracle, over several seeds, with the training settings of `dada-fastai train` with no data (`config._toy_defaults`).
+
+The oracle trains `source_only` on the labelled train split of the toy pair's Cityscapes folder (used as both
+source and target; it has no depth, which the depth block treats as missing) and is evaluated, like the others,
+on the target validation split. Per-run results are appended to a JSON file as they finish, and runs already in
+it are skipped, so an interrupted benchmark continues where it stopped.
+
+    python benchmarks/toy_gap.py                       # 4 methods x 3 seeds, the CLI's toy defaults
+    python benchmarks/toy_gap.py --methods source_only,oracle --seeds 0 --iters 300
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dada_fastai.config import resolve_config
+from dada_fastai.runs import build_dataloaders, build_learner, resolve_device, seed_everything
+from dada_fastai.toy import ToyConfig, config_key, make_toy_pair
+
+METHODS = {'source_only': 'S1 source only', 'advent': 'S2 AdvEnt', 'dada': 'S7 DADA',
+           'oracle': 'oracle (target-supervised)'}
+
+
+def run_one(method: str, seed: int, args) -> dict:
+    """Train one run with the toy defaults and return its target-validation results."""
+    options = dict(method='source_only' if method == 'oracle' else method, seed=seed, iters=args.iters,
+                   arch=args.arch, device=args.device)
+    if args.size:
+        options.update(source_size=args.size, target_size=args.size)
+    cfg = resolve_config(**options)  # no source/target: the built-in toy defaults
+    toy = ToyConfig(**(cfg.toy or {}))
+    synthia, cityscapes = make_toy_pair(cfg=toy)
+    cfg.source, cfg.target = f'synthia:{synthia}', f'cityscapes:{cityscapes}'
+    if method == 'oracle':
+        cfg.source = cfg.target  # the target's labelled train split as the source
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    dls = build_dataloaders(cfg, device)
+    learn = build_learner(cfg, dls)
+    started = time.time()
+    with ExitStack() as stack:
+        stack.enter_context(learn.no_bar())
+        if not args.verbose:
+            stack.enter_context(learn.no_logging())
+        learn.fit_iters(cfg.iters, lr=cfg.lr, schedule=cfg.schedule)
+        res = learn.evaluate()
+    return dict(method=method, seed=seed, iters=cfg.iters, arch=cfg.arch, size=cfg.source_size,
+                toy=config_key(toy), miou=res['miou'], per_class=res['per_class'],
+                seconds=round(time.time() - started, 1))
+
+
+def _key(r: dict) -> tuple:
+    return r['method'], r['seed'], r['iters'], r['arch'], r['size'], r['toy']
+
+
+def table(results: list[dict], methods: list[str], seeds: list[int], title: str):
+    """A rich table: mean +- std over seeds, min-max spread, and each seed's mIoU."""
+    from rich.table import Table
+    t = Table(title=title)
+    t.add_column('method')
+    t.add_column('target mIoU (mean ± std)', justify='right')
+    t.add_column('spread (min-max)', justify='right')
+    for s in seeds:
+        t.add_column(f'seed {s}', justify='right')
+    means = {}
+    for m in methods:
+        by_seed = {r['seed']: r['miou'] for r in results if r['method'] == m}
+        vals = np.array([by_seed[s] for s in seeds if s in by_seed])
+        if len(vals):
+            means[m] = float(vals.mean())
+            std = f' ± {vals.std(ddof=1):.1f}' if len(vals) > 1 else ''
+            summary, spread = f'{vals.mean():.1f}{std}', f'{vals.min():.1f}-{vals.max():.1f}'
+        else:
+            summary = spread = '-'
+        t.add_row(METHODS.get(m, m), summary, spread,
+                  *(f'{by_seed[s]:.1f}' if s in by_seed else '-' for s in seeds))
+    return t, means
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--iters', type=int, default=None, help='training iterations (default: the toy default, 300)')
+    p.add_argument('--seeds', default='0,1,2', help='comma-separated training seeds')
+    p.add_argument('--arch', default=None, help='timm backbone (default: the toy default, resnet18)')
+    p.add_argument('--size', default=None, help='HxW of training and validation images (default: 64x128)')
+    p.add_argument('--methods', default=','.join(METHODS), help=f'comma-separated, among {", ".join(METHODS)}')
+    p.add_argument('--device', default='auto')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    p.add_argument('--json', default='toy_gap.json', help='per-run results, appended as runs finish')
+    p.add_argument('--verbose', action='store_true', help="print fastai's per-epoch table")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    methods = [m.strip() for m in args.methods.split(',') if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        p.error(f'unknown method {bad[0]!r}; valid: {", ".join(METHODS)}')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = resolve_config()
+    args.iters = args.iters or defaults.iters
+    args.arch = args.arch or defaults.arch
+    size = args.size or defaults.source_size
+    toy = config_key(ToyConfig(**(defaults.toy or {})))
+
+    path = Path(args.json)
+    results = json.loads(path.read_text()) if path.is_file() else []
+    done = {_key(r) for r in results}
+    started = time.time()
+    for seed in seeds:
+        for m in methods:
+            key = (m, seed, args.iters, args.arch, size, toy)
+            if key in done:
+                print(f'{m} seed {seed}: already in {path}, skipped', flush=True)
+                continue
+            r = run_one(m, seed, args)
+            results.append(r)
+            path.write_text(json.dumps(results, indent=1))
+            print(f'{m} seed {seed}: mIoU {r["miou"]:.2f} in {r["seconds"]:.0f} s', flush=True)
+    mine = [r for r in results if (r['iters'], r['arch'], r['size'], r['toy']) == (args.iters, args.arch, size, toy)]
+    title = (f'Toy pair {toy}: target-val mIoU (%), 7 classes, {args.arch}, {size}, {args.iters} iterations, '
+             f'{len(seeds)} seed(s)')
+    t, means = table(mine, methods, seeds, title)
+    from rich.console import Console
+    Console(width=140).print(t)
+    print(f'wall-clock {time.time() - started:.0f} s ({torch.get_num_threads()} torch threads)')
+    if 'oracle' in means and 'source_only' in means:
+        print(f'gap_oracle_minus_source_only={means["oracle"] - means["source_only"]:.1f}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,38 @@
+"""Tiny datasets in the real layouts and tiny training settings shared by the end-to-end tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from layouts import make_cityscapes, make_synthia
+
+SOURCE_SIZE, TARGET_SIZE = '32x48', '32x64'  # the discriminator needs at least 32 pixels a side
+
+
+def tiny_pair(root: Path, n_source: int = 4, n_target: int = 3, n_val: int = 2) -> tuple[str, str]:
+    """('synthia:DIR', 'cityscapes:DIR') of tiny datasets in the published layouts."""
+    src = make_synthia(root / 'synthia', n=n_source, size=(36, 52))
+    trg = make_cityscapes(root / 'cityscapes', n_train=n_target, n_val=n_val, size=(40, 72))
+    return f'synthia:{src}', f'cityscapes:{trg}'
+
+
+def tiny_options(source: str, target: str, **overrides) -> dict:
+    """Training options for a few-second run on 2 CPU cores."""
+    opts = dict(source=source, target=target, classes=7, arch='test_resnet', pretrained=False, iters=4,
+                source_size=SOURCE_SIZE, target_size=TARGET_SIZE, bs=2, ndf=8, lr=1e-2, norm='imagenet',
+                checkpoint_every=2, eval_every=2)
+    opts.update(overrides)
+    return opts
+
+
+def cli_args(opts: dict) -> list[str]:
+    """Options as `dada-fastai train` flags."""
+    args = []
+    for k, v in opts.items():
+        flag = '--' + k.replace('_', '-')
+        if isinstance(v, bool):
+            args.append(flag if v else '--no-' + k.replace('_', '-'))
+        elif k in ('ndf', 'norm'):
+            continue  # not command-line options (set through --config)
+        else:
+            args += [flag, str(v)]
+    return args

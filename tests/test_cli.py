@@ -1,0 +1,145 @@
+"""`dada-fastai` end to end on tiny datasets in the real layouts: train, evaluate, predict, resume,
+data-report, and the one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dada_fastai.cli import main
+from e2e import cli_args, tiny_options, tiny_pair
+
+
+@pytest.fixture(scope='module')
+def pair(tmp_path_factory):
+    return tiny_pair(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='module')
+def run(pair, tmp_path_factory):
+    """A run trained through the command line."""
+    out = tmp_path_factory.mktemp('runs') / 'dada'
+    assert main(['train', *cli_args(tiny_options(*pair, iters=4, out=str(out)))]) == 0
+    return out
+
+
+def _one_line_error(capsys, code_expected: int = 1) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('dada-fastai: error:') and '\n' not in err, err
+    return err
+
+
+def test_train_writes_a_complete_run(run, capsys):
+    names = {p.name for p in run.iterdir()}
+    assert {'config.yaml', 'last.pth', 'export.safetensors', 'results.json', 'results.png'} <= names
+    res = json.loads((run / 'results.json').read_text())
+    assert res['iters'] == 4 and 0 <= res['miou'] <= 100 and set(res['per_class']) == {
+        'flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle'}
+    import yaml
+    cfg = yaml.safe_load((run / 'config.yaml').read_text())
+    assert cfg['method'] == 'dada' and cfg['iters'] == 4 and cfg['arch'] == 'test_resnet'
+
+
+def test_evaluate_json_and_negative_transfer(run, pair, capsys, tmp_path):
+    capsys.readouterr()
+    assert main(['evaluate', str(run), '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) >= {'miou', 'miou13', 'per_class'} and res['miou13'] is None
+    saved = json.loads((run / 'results.json').read_text())
+    assert res['miou'] == pytest.approx(saved['miou'])  # same protocol as the Learner's validation
+    base = tmp_path / 'so'
+    assert main(['train', *cli_args(tiny_options(*pair, iters=2, method='source_only', out=str(base)))]) == 0
+    capsys.readouterr()
+    assert main(['evaluate', str(run / 'export.safetensors'), '--target', pair[1], '--baseline',
+                 str(base / 'last.pth'), '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 <= res['negative_transfer'] <= 100 and res['images'] == 2
+
+
+def test_predict_writes_colour_pngs(run, pair, tmp_path):
+    images = Path(pair[1].split(':', 1)[1]) / 'leftImg8bit' / 'val'
+    assert main(['predict', str(run), str(images), '--out', str(tmp_path / 'pred')]) == 0
+    from dada_fastai.datasets import read_array
+    segs = sorted((tmp_path / 'pred').glob('*_seg.png'))
+    depths = sorted((tmp_path / 'pred').glob('*_depth.png'))
+    assert len(segs) == len(depths) == 2
+    seg = read_array(segs[0])
+    assert seg.shape == (40, 72, 3) and seg.dtype == np.uint8
+
+
+def test_resume_continues_to_more_iterations(run, capsys):
+    assert main(['train', '--resume', str(run), '--iters', '6']) == 0
+    assert json.loads((run / 'results.json').read_text())['iters'] == 6
+
+
+def test_each_method_trains_through_the_cli(pair, tmp_path):
+    for method in ('source_only', 'advent', 's6'):
+        assert main(['train', *cli_args(tiny_options(*pair, iters=1, method=method, out=str(tmp_path / method)))]) == 0
+
+
+def test_toy_default_from_a_config_file(tmp_path, monkeypatch):
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
+    cfg = tmp_path / 'toy.yaml'
+    cfg.write_text('arch: test_resnet\niters: 2\nbs: 2\nsource_size: 32x64\ntarget_size: 32x64\nndf: 8\n'
+                   'toy: {size: [32, 64], n_source: 4, n_target_train: 4, n_target_val: 2}\n')
+    assert main(['train', '--config', str(cfg), '--out', str(tmp_path / 'run')]) == 0
+    assert (tmp_path / 'run' / 'results.png').is_file()
+
+
+def test_data_report_json(pair, capsys):
+    assert main(['data-report', '--source', pair[0], '--target', pair[1], '--classes', '7', '--json']) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['source']['items'] == 4 and res['target_train']['items'] == 3 and res['target_val']['items'] == 2
+
+
+def test_list_presets(capsys):
+    assert main(['train', '--list-presets']) == 0
+    out = capsys.readouterr().out
+    assert 'synthia2cityscapes_dada' in out and 'ablation_s6' in out
+
+
+@pytest.mark.parametrize('args, message', [
+    (['train', '--source', 'synthia:/nonexistent', '--target', 'cityscapes:/nonexistent'], '/nonexistent'),
+    (['train', '--source', 'carla:/x', '--target', 'cityscapes:/y'], 'carla'),
+    (['train', '--source', 'synthia:/x'], 'both --source and --target'),
+    (['train', '--config', 'no_such_preset'], 'synthia2cityscapes_dada'),
+    (['train', '--device', 'cuda:0', '--iters', '1'], 'CUDA is not available'),
+    (['train', '--source-size', '12by40'], 'HxW'),
+    (['evaluate', '/nonexistent/run'], 'not found'),
+    (['predict', '/nonexistent/run', 'x.png'], 'not found'),
+])
+def test_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if any('cuda' in a for a in args):
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip('this machine has CUDA')  # CI machines are CPU-only
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 1
+    err = _one_line_error(capsys)
+    assert message in err, err
+    assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').iterdir())
+
+
+def test_unknown_option_values_list_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['train', '--method', 'dadaa'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'source_only' in err and 'advent' in err and 'dada' in err
+    assert main(['nonsense']) == 2
+    assert 'train' in capsys.readouterr().err
+
+
+def test_console_script_exit_code_and_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'dada_fastai.cli', 'data-report', '--source',
+                           f'synthia:{tmp_path}/none', '--target', f'cityscapes:{tmp_path}/none'],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'RGB/' in lines[0] and 'Traceback' not in proc.stderr
