@@ -6,10 +6,11 @@ about as well as the real images (pure noise would make unrealistically large fi
 small ones), then iterates `dls.train` of `dada_dataloaders` (bs 1, source 760x1280, target 512x1024, the
 reference normalisation, CPU tensors) and reports the paired training samples prepared per second for each
 number of DataLoader workers. The first batch (worker start-up) is not timed. `--profile` adds the time of each
-stage of one sample (decoding, label mapping, resizing, collation).
+stage of one sample (decoding, label mapping, resizing, collation); `--cpu-share` also times the pipeline without
+its batch transforms, which run on the GPU when training on one.
 
     python benchmarks/data_pipeline.py                              # 40 images, 40 batches, 0 and 2 workers
-    python benchmarks/data_pipeline.py --n-images 20 --batches 20 --workers 0,1,2 --profile
+    python benchmarks/data_pipeline.py --n-images 20 --batches 20 --workers 0,1,2 --profile --cpu-share
     python benchmarks/data_pipeline.py --data /tmp/dada_bench       # keep (or reuse) the generated data
 """
 from __future__ import annotations
@@ -85,12 +86,18 @@ def folder_mb(folder: Path, pattern: str) -> float:
     return sum(f.stat().st_size for f in files) / max(len(files), 1) / 2 ** 20
 
 
-def measure(synthia: Path, cityscapes: Path, workers: int, batches: int, seed: int = 0) -> dict:
-    """Paired samples per second of `dls.train` (bs 1) over `batches` batches after the first."""
+def measure(synthia: Path, cityscapes: Path, workers: int, batches: int, seed: int = 0,
+            batch_tfms: bool = True) -> dict:
+    """Paired samples per second of `dls.train` (bs 1) over `batches` batches after the first. Without
+    `batch_tfms` the batch transforms (to float, BGR, normalisation), which run on the GPU when training on one,
+    are left out: what remains is the CPU's share (reading, resizing, tensors, collation)."""
     dls = dada_dataloaders(f'synthia:{synthia}', f'cityscapes:{cityscapes}', n_classes=16, bs=1,
                            source_size=PAPER_SOURCE_SIZE, target_size=PAPER_TARGET_SIZE, norm='reference',
                            num_workers=workers, seed=seed, device=torch.device('cpu'), pin_memory=False)
     dls.train.n = batches + 1
+    if not batch_tfms:
+        from fasttransform import Pipeline
+        dls.train.after_batch = Pipeline([])
     it = iter(dls.train)
     start = time.perf_counter()
     b = next(it)
@@ -100,8 +107,8 @@ def measure(synthia: Path, cityscapes: Path, workers: int, batches: int, seed: i
     for b in it:
         n += len(b[0])
     elapsed = time.perf_counter() - start
-    return {'workers': workers, 'samples': n, 'seconds': elapsed, 'rate': n / elapsed, 'first_s': first,
-            'shapes': shapes}
+    return {'workers': workers, 'batch_tfms': batch_tfms, 'samples': n, 'seconds': elapsed, 'rate': n / elapsed,
+            'first_s': first, 'shapes': shapes}
 
 
 def profile_stages(synthia: Path, cityscapes: Path, repeats: int = 5) -> list[tuple[str, float]]:
@@ -139,7 +146,7 @@ def profile_stages(synthia: Path, cityscapes: Path, repeats: int = 5) -> list[tu
     dls = dada_dataloaders(f'synthia:{synthia}', f'cityscapes:{cityscapes}', n_classes=16, bs=1, norm='reference',
                            device=torch.device('cpu'), pin_memory=False)
     ds, dl = dls.train.dataset, dls.train
-    stages.append(('whole item (Datasets[i])', timed(lambda i: ds[i], range(repeats))))
+    stages.append(('whole item (dataset item i)', timed(lambda i: ds[i], range(repeats))))
     items = [ds[i] for i in range(repeats)]
     stages.append(('item tfms (to tensors)', timed(dl.after_item, items)))
     tensors = [dl.after_item(x) for x in items]
@@ -153,8 +160,11 @@ def main(argv=None) -> float:
     p.add_argument('--n-val', type=int, default=4, help='target validation images (default 4)')
     p.add_argument('--batches', type=int, default=40, help='timed batches of bs 1 per setting (default 40)')
     p.add_argument('--workers', default='0,2', help='comma-separated DataLoader worker counts (default 0,2)')
-    p.add_argument('--data', type=Path, default=None, help='folder to keep or reuse the data in (default: a temp folder)')
+    p.add_argument('--data', type=Path, default=None,
+                   help='folder to keep or reuse the data in (default: a temp folder)')
     p.add_argument('--profile', action='store_true', help='also time each stage of one sample')
+    p.add_argument('--cpu-share', action='store_true',
+                   help='also time the pipeline without its batch transforms (run on the GPU when training on one)')
     args = p.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -171,13 +181,15 @@ def main(argv=None) -> float:
                       f'{args.n_val} x {CITYSCAPES_SIZE[1]}x{CITYSCAPES_SIZE[0]} '
                       f'({folder_mb(cityscapes / "leftImg8bit", "*.png"):.2f} MB per image)')
         results = [measure(synthia, cityscapes, w, args.batches) for w in workers]
+        extra = [measure(synthia, cityscapes, w, args.batches, batch_tfms=False) for w in workers] if args.cpu_share \
+            else []
         table = Table(title=f'paired training samples (source {SYNTHIA_SIZE[0]}x{SYNTHIA_SIZE[1]}, target '
                             f'{PAPER_TARGET_SIZE[0]}x{PAPER_TARGET_SIZE[1]}, bs 1, {os.cpu_count()} CPUs)')
-        for col in ('workers', 'samples timed', 'seconds', 'samples/s', 'ms/sample', 'first batch s'):
+        for col in ('workers', 'batch tfms', 'samples timed', 'seconds', 'samples/s', 'ms/sample', 'first batch s'):
             table.add_column(col, justify='right')
-        for r in results:
-            table.add_row(str(r['workers']), str(r['samples']), f"{r['seconds']:.2f}", f"{r['rate']:.2f}",
-                          f"{1e3 / r['rate']:.0f}", f"{r['first_s']:.2f}")
+        for r in results + extra:
+            table.add_row(str(r['workers']), 'on CPU' if r['batch_tfms'] else 'left out', str(r['samples']),
+                          f"{r['seconds']:.2f}", f"{r['rate']:.2f}", f"{1e3 / r['rate']:.0f}", f"{r['first_s']:.2f}")
         console.print(table)
         console.print(f"batch shapes: {results[0]['shapes']}")
         if args.profile:
@@ -187,7 +199,7 @@ def main(argv=None) -> float:
             for name, ms in profile_stages(synthia, cityscapes):
                 prof.add_row(name, f'{ms:.1f}')
             console.print(prof)
-    best = max(r['rate'] for r in results)
+    best = max(r['rate'] for r in results)  # the whole pipeline, batch transforms included
     print(f'pairs_per_second={best:.2f}')
     return best
 

@@ -3,9 +3,12 @@ iteration budgets and the reference's poly schedule."""
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import torch
 from fastai.callback.core import Callback, CancelFitException, CancelStepException
+from fastai.callback.fp16 import AMPMode, MixedPrecision
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
@@ -14,7 +17,7 @@ from .losses import (Lambdas, adaptation_map, discriminator_loss, fooling_loss, 
                      SOURCE_LABEL, TARGET_LABEL)
 
 __all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'NonFiniteLoss',
-           'NonFiniteGuard']
+           'NonFiniteGuard', 'DeviceMixedPrecision', 'ThrottledProgress']
 
 
 class TrainTerm(Metric):
@@ -111,7 +114,8 @@ class DADATrainer(Callback):
     discriminators' own losses on detached source and target maps; the discriminators step with their own
     optimizer (Adam) after the segmenter, at a learning rate that follows the segmenter's schedule.
     `discriminators` maps an adaptation map ('surprisal', 'depth', 'dada') to its discriminator; empty for
-    source-only training (the target image is then ignored)."""
+    source-only training (the target image is then ignored). `fused=True` (fast mode) computes the same
+    gradients with two backward passes instead of four, holding the source and target graphs at once."""
     order = 5
 
     @property
@@ -119,9 +123,10 @@ class DADATrainer(Callback):
         return 'dada'  # reachable as `learn.dada`
 
     def __init__(self, discriminators: dict[str, nn.Module] | nn.ModuleDict, lambdas: Lambdas = Lambdas(),
-                 d_lr: float = 1e-4, d_betas: tuple[float, float] = (0.9, 0.99)):
+                 d_lr: float = 1e-4, d_betas: tuple[float, float] = (0.9, 0.99), fused: bool = False):
         self.discriminators = discriminators if isinstance(discriminators, nn.ModuleDict) else nn.ModuleDict(discriminators)
         self.lambdas, self.d_lr, self.d_betas = lambdas, d_lr, d_betas
+        self.fused = fused  # fast mode: 2 backward passes (source + fooling, then all D losses) instead of 4
         self.d_opt = None
         self.terms = {k: TrainTerm(k) for k in self.term_names()}
         self.batch_terms: dict[str, torch.Tensor] = {}  # this iteration's loss terms
@@ -168,6 +173,57 @@ class DADATrainer(Callback):
         for d in self.discriminators.values():
             set_requires_grad(d, False)
 
+    def _autocast(self):
+        """The mixed-precision context of fastai's `MixedPrecision` when it is on, else a no-op."""
+        mp = getattr(self.learn, 'mixed_precision', None)
+        ac = getattr(mp, 'autocast', None)
+        # a fresh context each time: re-entering fastai's own object would corrupt the state it restores
+        return torch.autocast(ac.device, dtype=ac.fast_dtype) if ac is not None else nullcontext()
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        scaler = getattr(self.learn, 'scaler', None)
+        return scaler.scale(loss) if scaler is not None else loss
+
+    def _target_losses(self) -> torch.Tensor:
+        """Target forward with the discriminators frozen; returns lambda_adv x the fooling losses."""
+        size_t = self.x_trg.shape[-2:]
+        with self._autocast():
+            seg_t, depth_t = self.learn.model(self.x_trg)
+        up_seg_t = upsample(seg_t.float(), size_t)
+        up_depth_t = upsample(depth_t.float(), size_t) if depth_t is not None else None
+        self.maps_t, adv = {}, 0.
+        for kind, d in self.discriminators.items():
+            self.maps_t[kind] = adaptation_map(up_seg_t, up_depth_t, kind)
+            with self._autocast():
+                loss = fooling_loss(d, self.maps_t[kind]).float()
+            self._record('adv', loss, kind)
+            adv = adv + loss
+        return adv * self.lambdas.adv
+
+    def _discriminator_backward(self) -> None:
+        """The discriminators' losses on detached source and target maps (one backward each, or one in all
+        when `fused`)."""
+        seg_s, depth_s = self.learn.pred
+        size_s = self.learn.yb[0].shape[-2:]
+        with torch.no_grad():
+            up_seg_s = upsample(seg_s.detach().float(), size_s)
+            up_depth_s = upsample(depth_s.detach().float(), size_s) if depth_s is not None else None
+        total = 0.
+        for kind, d in self.discriminators.items():
+            set_requires_grad(d, True)
+            with self._autocast():
+                loss_src = discriminator_loss(d, adaptation_map(up_seg_s, up_depth_s, kind), SOURCE_LABEL).float()
+                loss_trg = discriminator_loss(d, self.maps_t[kind], TARGET_LABEL).float()
+            self._record('d_src', loss_src, kind)
+            self._record('d_trg', loss_trg, kind)
+            if self.fused:
+                total = total + loss_src + loss_trg
+            else:
+                self._scaled(loss_src).backward()
+                self._scaled(loss_trg).backward()
+        if self.fused:
+            self._scaled(total).backward()
+
     def after_loss(self):
         if not self.training:
             return
@@ -175,40 +231,26 @@ class DADATrainer(Callback):
         for name in ('seg', 'depth'):
             if name in parts:
                 self._record(name, parts[name])
+        if self.fused and self.discriminators:  # one backward for the source and fooling losses
+            self.learn.loss_grad = self.learn.loss_grad + self._target_losses()
 
     def after_backward(self):
         if not self.training or not self.discriminators:
             return
-        seg_s, depth_s = self.learn.pred
-        size_s, size_t = self.learn.yb[0].shape[-2:], self.x_trg.shape[-2:]
-        seg_t, depth_t = self.learn.model(self.x_trg)
-        up_seg_t = upsample(seg_t, size_t)
-        up_depth_t = upsample(depth_t, size_t) if depth_t is not None else None
-        maps_t, adv = {}, 0.
-        for kind, d in self.discriminators.items():
-            maps_t[kind] = adaptation_map(up_seg_t, up_depth_t, kind)
-            loss = fooling_loss(d, maps_t[kind])
-            self._record('adv', loss, kind)
-            adv = adv + loss
-        (adv * self.lambdas.adv).backward()
-        with torch.no_grad():
-            up_seg_s = upsample(seg_s.detach(), size_s)
-            up_depth_s = upsample(depth_s.detach(), size_s) if depth_s is not None else None
-        for kind, d in self.discriminators.items():
-            set_requires_grad(d, True)
-            loss_src = discriminator_loss(d, adaptation_map(up_seg_s, up_depth_s, kind), SOURCE_LABEL)
-            loss_src.backward()
-            loss_trg = discriminator_loss(d, maps_t[kind], TARGET_LABEL)
-            loss_trg.backward()
-            self._record('d_src', loss_src, kind)
-            self._record('d_trg', loss_trg, kind)
+        if not self.fused:  # the reference's order: source backward (done), fooling backward, then D
+            self._scaled(self._target_losses()).backward()
+        self._discriminator_backward()
 
     def after_step(self):
         if self.d_opt is None or not self.training:
             return
         ratio = float(self.learn.opt.hypers[0]['lr']) / self.lr_ref
         self.d_opt.set_hyper('lr', self.d_lr * ratio)
-        self.d_opt.step()
+        scaler = getattr(self.learn, 'scaler', None)
+        if scaler is not None:  # skips the step when the scaled gradients overflowed
+            scaler.step(self.d_opt.opt)
+        else:
+            self.d_opt.step()
         self.d_opt.zero_grad()
 
     def after_cancel_batch(self):
@@ -236,24 +278,32 @@ class NonFiniteLoss(RuntimeError):
 
 
 class NonFiniteGuard(Callback):
-    """Check the iteration's loss terms before the optimizers step (one host sync per iteration): on a NaN
-    or infinite term, `action='stop'` raises `NonFiniteLoss` naming the iteration and the term, `'skip'`
-    drops the iteration's update (segmenter and discriminators) and goes on."""
+    """Check the iteration's loss terms before the optimizers step: on a NaN or infinite term,
+    `action='stop'` raises `NonFiniteLoss` naming the iteration and the term, `'skip'` drops the iteration's
+    update (segmenter and discriminators) and goes on. The check reads one flag from the device per
+    iteration; with `every=N` (stop only, fast mode) it reads it every N iterations and names the last
+    iteration's terms."""
     order = 80  # before_step runs after DADATrainer's backward passes
 
-    def __init__(self, action: str = 'stop'):
+    def __init__(self, action: str = 'stop', every: int = 1):
         if action not in ('stop', 'skip'):
             raise ValueError(f"unknown non-finite action {action!r}; valid: stop, skip")
-        self.action, self.skipped = action, []
+        if action == 'skip' and every != 1:
+            raise ValueError('skipping non-finite iterations needs a check at every iteration (every=1)')
+        self.action, self.every, self.skipped, self.ok = action, every, [], None
 
     def before_step(self):
         terms = dict(getattr(getattr(self.learn, 'dada', None), 'batch_terms', {}) or {})
         terms.setdefault('loss', self.learn.loss.detach())
         names = list(terms)
         finite = torch.isfinite(torch.stack([terms[n].float().reshape(()) for n in names]))
-        if bool(finite.all()):
+        self.ok = finite.all() if self.ok is None else self.ok & finite.all()
+        if (self.learn.train_iter + 1) % self.every:
             return
-        bad = ', '.join(f'{n}={float(terms[n]):g}' for n, ok in zip(names, finite.tolist()) if not ok)
+        ok, self.ok = self.ok, None
+        if bool(ok):
+            return
+        bad = ', '.join(f'{n}={float(terms[n]):g}' for n, ok in zip(names, finite.tolist()) if not ok) or 'earlier'
         it = self.learn.train_iter + 1
         if self.action == 'stop':
             raise NonFiniteLoss(f'non-finite loss at iteration {it}: {bad}; lower the learning rate, check the '
@@ -264,3 +314,34 @@ class NonFiniteGuard(Callback):
         if dada is not None and dada.d_opt is not None:
             dada.d_opt.zero_grad()
         raise CancelStepException()
+
+
+class DeviceMixedPrecision(MixedPrecision):
+    """fastai's `MixedPrecision` on the learner's device (fastai's own autocasts CUDA only): bf16 or fp16
+    autocast; for fp16 a `GradScaler` that `DADATrainer` also uses for the discriminators' losses and step."""
+
+    @property
+    def name(self) -> str:
+        return 'mixed_precision'
+
+    def before_fit(self):
+        super().before_fit()
+        device = self.dls.device.type if getattr(self.dls, 'device', None) is not None else 'cpu'
+        dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
+        if device == 'cpu' and dtype == torch.float16:
+            raise ValueError('fp16 mixed precision needs a GPU; use --precision bf16 on CPU')
+        self.autocast = torch.autocast(device, dtype=dtype)
+        self.learn.scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+
+
+class ThrottledProgress(ProgressCallback):
+    """fastai's progress bar, reading the running loss from the device every `every` iterations only (each
+    read waits for the GPU)."""
+
+    def __init__(self, every: int = 50):
+        self.every = every
+
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if hasattr(self, 'smooth_loss') and self.iter % self.every == 0:
+            self.pbar.comment = f'{self.smooth_loss.item():.4f}'

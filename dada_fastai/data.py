@@ -1,8 +1,9 @@
 """fastai types and blocks for depth, the paired source/target DataBlock, and the DataLoaders factory.
 
 A training batch is `(x_src, x_trg, mask_src, depth_src)` (`n_inp=2`): a labelled source sample with its
-inverse depth, paired with a target image drawn independently. Validation batches are `(x_trg, mask_trg)`
-with the masks kept at the label's full resolution, as the reference evaluates.
+inverse depth, paired with a target image drawn independently; shapes (B, 3, Hs, Ws), (B, 3, Ht, Wt),
+(B, Hs, Ws) int64 and (B, 1, Hs, Ws) float (NaN = no depth), like the model's depth output. Validation batches
+are `(x_trg, mask_trg)` with the masks kept at the label's full resolution, as the reference evaluates.
 """
 from __future__ import annotations
 
@@ -297,7 +298,14 @@ class PairedDL(TfmdDL):
         return list(enumerate(self.source_order()))[start:]
 
     def create_item(self, s):
-        pos, idx = (None, 0) if s is None else s if isinstance(s, tuple) else (None, s)
+        """`s` is (position in the epoch, source index) from `get_idxs` (a list after fastai's DistributedDL
+        broadcasts it), a bare index, or None (fastai's set-up pass)."""
+        if s is None:
+            pos, idx = None, 0
+        elif isinstance(s, (tuple, list)):
+            pos, idx = int(s[0]), int(s[1])
+        else:
+            pos, idx = None, int(s)
         if self.sampler is not None:
             if self.sampler.epoch != self.epoch:
                 self.sampler.set_epoch(self.epoch)

@@ -9,13 +9,15 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
 
-from .callbacks import DADATrainer, HeadLR, IterBudget, NonFiniteGuard, SetEpoch, poly_decay
+from .callbacks import (DADATrainer, DeviceMixedPrecision, HeadLR, IterBudget, NonFiniteGuard, SetEpoch,
+                        ThrottledProgress, poly_decay)
 from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
@@ -249,12 +251,18 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  pretrained: bool = False, weights: str | None = None, n_classes: int | None = None,
                  lambdas: Lambdas | None = None, lr: float = 2.5e-4, wd: float = 5e-4, d_lr: float = 1e-4,
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
-                 backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', **kwargs) -> DADALearner:
+                 backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', mode: str = 'faithful',
+                 precision: str | None = None, compile: bool = False, **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
     `arch` is any timm model name or 'deeplabv2_resnet101' (the reference backbone); `on_nan` ('stop',
-    'skip' or None) decides what a non-finite loss does."""
+    'skip' or None) decides what a non-finite loss does.
+
+    `mode='faithful'` computes what the reference computes, in its order, in float32. `mode='fast'` keeps the
+    losses and gradients but fuses the four backward passes into two, runs in mixed precision (`precision`:
+    'bf16' (default on GPU), 'fp16' with a gradient scaler, or 'fp32' (default on CPU)), uses channels_last,
+    optionally `torch.compile` (`compile=True`), and reads values from the device only every 50 iterations."""
     cfg = method_config(method)
     proto = getattr(dls, 'protocol', None) or get_protocol(n_classes or 16)
     n_classes = proto.n_classes
@@ -262,8 +270,14 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     if model is None:
         model = DADA(n_classes, arch=arch, pretrained=pretrained, weights=weights, depth_block=cfg.depth_block,
                      feature_fusion=cfg.feature_fusion, **(backbone_kwargs or {}))
+    if mode not in ('faithful', 'fast'):
+        raise ValueError(f"unknown mode {mode!r}; valid: faithful, fast")
+    fast = mode == 'fast'
     discs = nn.ModuleDict({k: Discriminator(1 if k == 'depth' else n_classes, ndf) for k in cfg.adapt})
-    trainer = DADATrainer(discs, lambdas, d_lr=d_lr)
+    trainer = DADATrainer(discs, lambdas, d_lr=d_lr, fused=fast)
+    extra = [NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1)] if on_nan else []
+    if fast:
+        extra += _fast_mode(model, discs, dls, precision, compile)
     cm = ConfusionMatrix(proto)
     metrics = [MeanIoU(cm)]
     if proto.subset13 is not None:
@@ -271,9 +285,25 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     metrics += list(trainer.terms.values())
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,
-                        cbs=[trainer, HeadLR(head_lr_mult), SetEpoch()] + ([NonFiniteGuard(on_nan)] if on_nan else [])
-                        + list(cbs or []), **kwargs)
+                        cbs=[trainer, HeadLR(head_lr_mult), SetEpoch()] + extra + list(cbs or []), **kwargs)
+    if fast:
+        learn.remove_cb(ProgressCallback)
+        learn.add_cb(ThrottledProgress())
     learn.dada_config = {'protocol': proto, 'method': cfg, 'arch': arch, 'lambdas': lambdas, 'confusion': cm,
-                         'layers': list((backbone_kwargs or {}).get('layers', ())) or None}
+                         'layers': list((backbone_kwargs or {}).get('layers', ())) or None, 'mode': mode}
     return learn
 
+
+
+def _fast_mode(model: nn.Module, discs: nn.ModuleDict, dls, precision: str | None, compile: bool) -> list:
+    """Set the fast mode's memory format and compilation; return its mixed-precision callback."""
+    device = getattr(dls, 'device', None)
+    on_gpu = device is not None and torch.device(device).type == 'cuda'
+    precision = precision or ('bf16' if on_gpu else 'fp32')
+    if precision not in ('bf16', 'fp16', 'fp32'):
+        raise ValueError(f"unknown precision {precision!r}; valid: bf16, fp16, fp32")
+    model.to(memory_format=torch.channels_last)
+    discs.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()
+    return [DeviceMixedPrecision(amp_mode=precision)] if precision != 'fp32' else []

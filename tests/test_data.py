@@ -117,7 +117,8 @@ def make_dls(roots, source='synthia_raw', target='cityscapes', classes=16, **kwa
 # ---------------------------------------------------------------------------------------------------------
 # batches
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('source,target,classes', [('synthia_raw', 'cityscapes', 16), ('synthia_parsed', 'cityscapes', 16),
+@pytest.mark.parametrize('source,target,classes', [('synthia_raw', 'cityscapes', 16),
+                                                   ('synthia_parsed', 'cityscapes', 16),
                                                    ('synthia_raw', 'vistas', 7), ('folder', 'cityscapes', 16)])
 def test_train_batch_structure(roots, source, target, classes):
     dls = make_dls(roots, source, target, classes, bs=2, source_size='12x20', target_size=(8, 16))
@@ -270,6 +271,14 @@ def test_epoch_len_argument(roots):
     assert len(dls.train) == 4 and len(list(dls.train)) == 4
 
 
+def test_indices_as_lists_build_the_same_items(roots):
+    """fastai's DistributedDL broadcasts `get_idxs` as a tensor and hands back lists: same items."""
+    dl = make_dls(roots, seed=2).train
+    for s in dl.get_idxs():
+        a, b = dl.create_item(s), dl.create_item(list(s))
+        assert [x.tobytes() for x in a] == [x.tobytes() for x in b]
+
+
 @pytest.mark.parametrize('bs,skip', [(1, 2), (2, 1)])
 def test_skip_drops_exactly_the_first_batches(roots, bs, skip):
     dls = make_dls(roots, bs=bs, seed=7)
@@ -384,7 +393,8 @@ def aug_roots(tmp_path_factory) -> dict[str, Path]:
     h, w = 64, 128
     palette = np.array([COLOURS.get(k, (0, 0, 0)) for k in range(11)], np.uint8)
     for i in range(4):
-        blocks = np.concatenate([rng.choice(LEFT_IDS, (h // 16, w // 32)), rng.choice(RIGHT_IDS, (h // 16, w // 32))], 1)
+        half = (h // 16, w // 32)  # 16x16 blocks
+        blocks = np.concatenate([rng.choice(LEFT_IDS, half), rng.choice(RIGHT_IDS, half)], 1)
         ids = np.kron(blocks, np.ones((16, 16), int)).astype(np.uint8)
         L.write_rgb(d / 'syn' / 'RGB' / L.synthia_name(i), palette[ids])
         L._imwrite(d / 'syn' / 'parsed_LABELS' / L.synthia_name(i), ids)
