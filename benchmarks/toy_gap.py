@@ -129,7 +129,9 @@ def main(argv=None):
     t, means = table(mine, methods, seeds, title)
     from rich.console import Console
     Console(width=140).print(t)
-    print(f'wall-clock {time.time() - started:.0f} s ({torch.get_num_threads()} torch threads)')
+    print(f'wall-clock {time.time() - started:.0f} s for this invocation ({torch.get_num_threads()} torch threads); '
+          f'{sum(r["seconds"] for r in mine if r["method"] in methods and r["seed"] in seeds):.0f} s of training '
+          f'and evaluation in the runs shown')
     if 'oracle' in means and 'source_only' in means:
         print(f'gap_oracle_minus_source_only={means["oracle"] - means["source_only"]:.1f}')
 

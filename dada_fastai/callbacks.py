@@ -102,8 +102,9 @@ class SetEpoch(Callback):
     order = -5
 
     def before_train(self):
-        if hasattr(self.dl, 'set_epoch'):
-            self.dl.set_epoch(self.epoch)
+        dl = getattr(self.dl, 'dl', self.dl)  # inside fastai's DistributedDL when distributed
+        if hasattr(dl, 'set_epoch'):
+            dl.set_epoch(self.epoch)
 
 
 class DADATrainer(Callback):
@@ -340,6 +341,10 @@ class ThrottledProgress(ProgressCallback):
 
     def __init__(self, every: int = 50):
         self.every = every
+
+    @property
+    def name(self) -> str:
+        return 'progress'  # stands in for ProgressCallback (`learn.no_bar()` finds it)
 
     def after_batch(self):
         self.pbar.update(self.iter + 1)

@@ -61,7 +61,8 @@ def _set_rng_state(state: dict) -> None:
 
 def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config: dict | None = None) -> dict:
     """Everything needed to continue a run exactly: weights, both optimizers, position, RNG states."""
-    state = {'format': CHECKPOINT_FORMAT, 'model': learn.model.state_dict(), 'iteration': iteration,
+    model = getattr(learn.model, 'module', learn.model)  # unwrapped from DistributedDataParallel
+    state = {'format': CHECKPOINT_FORMAT, 'model': model.state_dict(), 'iteration': iteration,
              'epoch': epoch, 'iter_in_epoch': iter_in_epoch, 'rng': _rng_state(),
              'config': json.dumps(config or getattr(learn, 'run_config', {}), default=str),
              'meta': json.dumps(model_meta(learn))}
@@ -156,14 +157,16 @@ class Checkpointer(Callback):
         self.run_dir, self.every = Path(run_dir), every
 
     def _save(self):
-        from fastai.torch_core import rank_distrib
+        from fastai.torch_core import num_distrib, rank_distrib
         if rank_distrib() != 0:
             return
         last = self.run_dir / 'last.pth'
         if last.exists():
             os.replace(last, self.run_dir / 'prev.pth')
-        epoch, done = self.epoch, self.iter + 1 + getattr(self.dl, 'skip', 0)
-        if done >= self.n_iter + getattr(self.dl, 'skip', 0):
+        inner = getattr(self.dl, 'dl', self.dl)  # the paired DataLoader, also inside fastai's DistributedDL
+        # batches of the epoch done, counted over all processes
+        epoch, done = self.epoch, getattr(inner, 'skip', 0) + (self.iter + 1) * max(num_distrib(), 1)
+        if self.iter + 1 >= self.n_iter:
             epoch, done = epoch + 1, 0  # the epoch is complete: resume at the next one
         save_checkpoint(self.learn, last, self.train_iter, epoch, done)
 
@@ -190,12 +193,14 @@ class ResumeFrom(Callback):
         self.learn.pct_train = 0.
 
     def before_train(self):
-        if self.epoch == self.state['epoch'] and hasattr(self.dl, 'skip'):
-            self.dl.skip = self.state['iter_in_epoch']
+        inner = getattr(self.dl, 'dl', self.dl)
+        if self.epoch == self.state['epoch'] and hasattr(inner, 'skip'):
+            inner.skip = self.state['iter_in_epoch']
 
     def after_train(self):
-        if hasattr(self.dl, 'skip'):
-            self.dl.skip = 0
+        inner = getattr(self.dl, 'dl', self.dl)
+        if hasattr(inner, 'skip'):
+            inner.skip = 0
 
 
 def export_inference(learn, path: str | Path) -> Path:

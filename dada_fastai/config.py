@@ -49,6 +49,7 @@ class TrainConfig:
     workers: int | None = None  # DataLoader workers (default: 0 on CPU, 4 on GPU)
     device: str = 'auto'  # auto, cpu, cuda, cuda:N
     mode: str = 'faithful'  # faithful (float32, reference order) or fast (mixed precision, channels_last)
+    precision: str | None = None  # fast mode: bf16 (default on GPU), fp16, fp32 (default on CPU)
     compile: bool = False  # torch.compile the segmenter (fast mode)
     on_nan: str = 'stop'  # stop or skip an iteration whose loss is not finite
     deterministic: bool = False  # deterministic algorithms (slower)
@@ -116,7 +117,7 @@ def _check(cfg: TrainConfig) -> None:
     from .learner import METHODS
     choices = {'method': list(METHODS), 'schedule': ['poly', 'one_cycle', 'flat_cos', 'constant'],
                'norm': ['auto', 'reference', 'timm', 'imagenet', 'none'], 'mode': ['faithful', 'fast'],
-               'on_nan': ['stop', 'skip'], 'classes': [16, 7]}
+               'on_nan': ['stop', 'skip'], 'classes': [16, 7], 'precision': [None, 'bf16', 'fp16', 'fp32']}
     for name, valid in choices.items():
         if getattr(cfg, name) not in valid:
             raise ConfigError(f'invalid {name} {getattr(cfg, name)!r}; valid: {", ".join(map(str, valid))}')

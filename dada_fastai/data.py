@@ -425,7 +425,8 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
                      augment: bool = False, num_workers: int = 0, seed: int = 0, epoch_len: int | None = None,
                      device=None, val_max: int | None = None, pin_memory: bool | None = None) -> DataLoaders:
     """DataLoaders for DADA: `train` pairs labelled source samples with target images, `valid` holds the
-    labelled target validation set. `source`/`target` are 'KIND:DIR' specs or opened datasets."""
+    labelled target validation set. `source`/`target` are 'KIND:DIR' specs or opened datasets. `device` None
+    is fastai's default device (the GPU when there is one): batches, and the batch transforms, go there."""
     proto = get_protocol(n_classes)
     src = source if isinstance(source, DomainDataset) else open_dataset(source, n_classes=n_classes)
     trg = target if isinstance(target, DomainDataset) else open_dataset(target, n_classes=n_classes)
@@ -438,7 +439,9 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
     block = dada_datablock(trg_items, proto.classes, source_size, target_size, norm_tfms, aug, seed)
     block.getters[1].bind(src_items)
     dsets = block.datasets(src_items, verbose=False)
-    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    from fastai.torch_core import default_device
+    device = default_device() if device is None else torch.device(device)
+    pin = device.type == 'cuda' if pin_memory is None else pin_memory
     common = dict(num_workers=num_workers, pin_memory=pin, device=device)
     train = PairedDL(dsets.train, sampler=block.getters[1], seed=seed, bs=bs, shuffle=True, drop_last=True,
                      n=epoch_len * bs if epoch_len else None, after_item=block.item_tfms,

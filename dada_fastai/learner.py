@@ -186,7 +186,8 @@ class DADALearner(Learner):
                   cbs=None, **kwargs) -> None:
         """Train for exactly `n_iters` iterations with `schedule`: 'poly' (the reference: lr (1 - t)^0.9),
         'one_cycle', 'flat_cos' or 'constant'."""
-        n_per_epoch = len(self.dls.train)
+        from fastai.torch_core import num_distrib
+        n_per_epoch = -(-len(self.dls.train) // max(num_distrib(), 1))  # each process's share when distributed
         if n_per_epoch == 0:
             raise ValueError('the training DataLoader is empty: check the source dataset and the batch size')
         n_epoch = -(-n_iters // n_per_epoch)

@@ -24,8 +24,13 @@ class RunError(RuntimeError):
 
 
 def resolve_device(device: str = 'auto') -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    """'auto' -> CUDA when available (this process's GPU under accelerate), else CPU; 'cuda' without a GPU
+    is an error."""
+    from fastai.torch_core import num_distrib
     if device == 'auto':
+        if num_distrib() > 1:
+            from accelerate import PartialState
+            return PartialState().device
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise RunError(f'--device {device} requested but CUDA is not available on this machine '
@@ -107,7 +112,8 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
     learn = dada_learner(dls, cfg.method, arch=cfg.arch, pretrained=cfg.pretrained and not cfg.weights,
                          weights=cfg.weights, lambdas=Lambdas(cfg.lambda_seg, cfg.lambda_depth, cfg.lambda_adv),
                          lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
-                         model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan)
+                         model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
+                         precision=cfg.precision, compile=cfg.compile)
     learn.run_config = cfg.to_dict()
     return learn
 
@@ -118,8 +124,12 @@ class RunResult(dict):
 
 def _finish(learn, cfg: TrainConfig, run_dir: Path, started: float, console=None) -> RunResult:
     from .checkpoint import export_inference
+    from .distributed import is_main_process
     iters = int(learn.train_iter)
     res = learn.evaluate()
+    out = RunResult(run_dir=str(run_dir), iters=iters, seconds=round(time.time() - started, 1), **res)
+    if not is_main_process():
+        return out
     export_inference(learn, run_dir / 'export.safetensors')
     try:
         import matplotlib
@@ -130,7 +140,6 @@ def _finish(learn, cfg: TrainConfig, run_dir: Path, started: float, console=None
         plt.close('all')
     except Exception as e:  # pictures must never cost a finished run
         (console.print if console else print)(f'could not draw results.png: {e}')
-    out = RunResult(run_dir=str(run_dir), iters=iters, seconds=round(time.time() - started, 1), **res)
     (run_dir / 'results.json').write_text(json.dumps(out, indent=1))
     return out
 
@@ -142,20 +151,50 @@ def _fit(learn, cfg: TrainConfig, start: dict | None = None):
     learn.fit_iters(cfg.iters, lr=cfg.lr, schedule=cfg.schedule, cbs=cbs, start_epoch=start_epoch)
 
 
+def _start_distributed(device: str = 'auto') -> None:
+    """Join the process group of an accelerate launch (before anything is shared between processes); CPU
+    processes (no GPU, or --device cpu) use gloo."""
+    from fastai.torch_core import num_distrib
+    if num_distrib() > 1:
+        from accelerate import PartialState
+        PartialState(cpu=device == 'cpu' or not torch.cuda.is_available())
+
+
+def _main_decides(fn, *args):
+    """Run `fn` on rank 0 only and give its result (or its error) to every process."""
+    from .distributed import broadcast_object, is_main_process
+    result = None
+    if is_main_process():
+        try:
+            result = ('ok', fn(*args))
+        except (RunError, ConfigError) as e:
+            result = ('error', e)
+    kind, value = broadcast_object(result)
+    if kind == 'error':
+        raise value
+    return value
+
+
 def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> RunResult:
     """Train a run from `cfg` (or options resolved like the command line's), checkpointing into its run
-    folder; returns the final target-validation results. `cbs`: extra fastai callbacks."""
+    folder; returns the final target-validation results. `cbs`: extra fastai callbacks. Under
+    `accelerate launch` every process trains its share and rank 0 writes the files."""
+    from .distributed import barrier, distributed_training, is_main_process
     cfg = cfg or resolve_config(options.pop('config', None), **options)
+    _start_distributed(cfg.device)
     device = resolve_device(cfg.device)
-    run_dir = new_run_dir(cfg.out, cfg.method)
+    run_dir = _main_decides(new_run_dir, cfg.out, cfg.method)
     cfg.out = str(run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     dls = build_dataloaders(cfg, device)  # bad data fails here, before the run folder exists
     learn = build_learner(cfg, dls, run_dir, cbs)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    barrier()
     started = time.time()
-    _fit(learn, cfg)
+    with distributed_training(learn):
+        _fit(learn, cfg)
     return _finish(learn, cfg, run_dir, started, console)
 
 
@@ -173,6 +212,7 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
     if iters is not None:
         cfg.iters = iters
     state = load_checkpoint(run_dir / 'last.pth')
+    _start_distributed(cfg.device)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
     dls = build_dataloaders(cfg, device)
@@ -181,7 +221,9 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
     restore_training_state(learn, state, run_dir / 'last.pth')
     started = time.time()
     if state['iteration'] < cfg.iters:
-        _fit(learn, cfg, state)
+        from .distributed import distributed_training
+        with distributed_training(learn):
+            _fit(learn, cfg, state)
     else:
         learn.train_iter = state['iteration']
     return _finish(learn, cfg, run_dir, started, console)

@@ -1,7 +1,6 @@
 """DADA's losses and one training iteration (losses.py), against direct implementations of the reference formulas."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -106,7 +106,7 @@ def test_reference_bn_affine_frozen_and_convs_trainable():
     assert all(c.weight.requires_grad for c in convs)
     model.train()
     before = model.backbone.bn1.running_mean.clone()
-    model(torch.randn(1, 3, 64, 96))  # the reference trains in train mode: batch statistics are tracked
+    model(torch.randn(1, 3, 32, 48))  # the reference trains in train mode: batch statistics are tracked
     assert not torch.equal(before, model.backbone.bn1.running_mean)
     unfrozen = official_deeplabv2_depth(4, layers=SMALL, freeze_bn=False)
     assert unfrozen.backbone.bn1.weight.requires_grad
@@ -300,7 +300,7 @@ def test_official_state_dict_round_trip():
     assert {'conv1.weight', 'layer1.0.downsample.0.weight', 'layer6.conv2d_list.3.bias', 'enc4_1.weight',
             'dec4.bias'} <= set(sd)
     dst = official_deeplabv2_depth(4, layers=SMALL)
-    x = torch.randn(1, 3, 64, 96)
+    x = torch.randn(1, 3, 32, 48)
     src.eval(), dst.eval()
     with torch.no_grad():
         seg_src, depth_src = src(x)
@@ -339,7 +339,7 @@ def test_advent_snapshot_loads_into_plain_deeplab():
     assert not any(k.startswith(('enc4_', 'dec4')) for k in sd)
     dst = official_deeplabv2(4, layers=SMALL)
     load_official_state_dict(dst, sd)
-    x = torch.randn(1, 3, 64, 96)
+    x = torch.randn(1, 3, 32, 48)
     src.eval(), dst.eval()
     with torch.no_grad():
         assert torch.equal(dst(x)[0], src(x)[0])
@@ -450,8 +450,8 @@ def test_backbone_file_that_does_not_fit(tmp_path):
 
 def test_unreadable_files_are_refused(tmp_path):
     _check_refused(tmp_path / 'nowhere.pth', 'not found')
-    (tmp_path / 'empty.pth').write_bytes(b'')
-    _check_refused(tmp_path / 'empty.pth', 'empty')
+    (tmp_path / 'zero.pth').write_bytes(b'')
+    _check_refused(tmp_path / 'zero.pth', 'empty (0 bytes)')
     torch.save(timm.create_model('test_resnet').state_dict(), tmp_path / 'full.pth')
     data = (tmp_path / 'full.pth').read_bytes()
     (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
@@ -521,6 +521,13 @@ def test_pretrained_offline_from_a_url(monkeypatch):
                         pretrained_cfg_overlay=dict(hf_hub_id=None, url='https://weights.invalid/test_resnet.pth'))
     assert calls == ['https://weights.invalid/test_resnet.pth']
     _check_offline_message(err, 'test_resnet')
+
+
+def test_pretrained_without_published_weights():
+    with pytest.raises(WeightsError) as err:
+        create_backbone('test_resnet', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=None, url=None))
+    _check_offline_message(err, 'test_resnet')
+    assert 'no pretrained weights' in str(err.value)
 
 
 def test_pretrained_reference_backbone_points_to_the_weights_file():

@@ -1,0 +1,42 @@
+"""Distributed training through accelerate: 2 CPU processes (gloo) end with identical weights."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from e2e import SOURCE_SIZE, TARGET_SIZE, tiny_pair
+
+
+def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+    source, target = tiny_pair(tmp_path / 'data', n_source=4)
+    cfg = tmp_path / 'tiny.yaml'
+    cfg.write_text(f'source: "{source}"\ntarget: "{target}"\nclasses: 7\narch: test_resnet\npretrained: false\n'
+                   f'iters: 4\nsource_size: {SOURCE_SIZE}\ntarget_size: {TARGET_SIZE}\nbs: 1\nndf: 8\nlr: 0.01\n'
+                   'norm: imagenet\ncheckpoint_every: 2\nmethod: dada\ndevice: cpu\n')
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    run = tmp_path / 'run'
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
+                                                         os.environ.get('PYTHONPATH', '')]),
+           'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', '29517',
+           str(Path(__file__).parent / 'dist_worker.py'), str(cfg), str(run), str(weights)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (torch.load(weights / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    for part in ('model', 'd'):
+        for k in r0[part]:
+            assert torch.equal(r0[part][k], r1[part][k]), f'{part}.{k} differs between ranks'
+    assert r0['iters'] == r1['iters'] == 4
+    # the data was split: each process trained on its own images
+    assert len(r0['seen']) == len(r1['seen']) == 4 and r0['seen'] != r1['seen']
+    # rank 0 alone wrote the run folder
+    assert {p.name for p in run.iterdir()} >= {'config.yaml', 'last.pth', 'export.safetensors'}
+    saved = torch.load(run / 'last.pth', weights_only=True)
+    for k, v in saved['model'].items():  # the checkpoint holds the trained (unwrapped) weights
+        assert torch.equal(v, r0['model'][k])
