@@ -212,8 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail('interrupted; the last checkpoint of the run is intact (continue with --resume RUN_DIR)', code=130)
     except _known_errors() as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _fail(_message(e))
     return 1
+
+
+def _message(e: BaseException) -> str:
+    """The user's one line of an error, without what fastai and DataLoader workers wrap around it."""
+    text = str(e)
+    if 'Original Traceback' in text:  # raised in a DataLoader worker: the original message comes last
+        text = text.rsplit(f'{type(e).__name__}: ', 1)[-1]
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.startswith('Exception occured in')]  # fastai's callback wrapper
+    return lines[0] if lines else type(e).__name__
 
 
 def _fail(msg: str, code: int = 1):
