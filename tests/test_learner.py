@@ -1,0 +1,195 @@
+"""The DADA Learner: methods and ablations, schedules, what trains and what stays put, metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from dada_fastai.data import dada_dataloaders
+from dada_fastai.learner import METHODS, confusion_matrix, dada_learner, iou_from_confusion, method_config
+from e2e import tiny_pair
+
+
+@pytest.fixture(scope='module')
+def dls(tmp_path_factory):
+    pair = tiny_pair(tmp_path_factory.mktemp('data'))
+    return dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+
+
+def _learner(dls, method='dada', **kwargs):
+    torch.manual_seed(0)
+    return dada_learner(dls, method, arch='test_resnet', ndf=8, **kwargs)
+
+
+class _Hypers(Callback):
+    """Record the learning rates of both parameter groups and of the discriminators at every step."""
+    order = 100
+
+    def before_fit(self):
+        self.rows = []
+
+    def after_step(self):
+        d_opt = self.learn.dada.d_opt
+        self.rows.append((self.opt.hypers[0]['lr'], self.opt.hypers[1]['lr'],
+                          d_opt.hypers[0]['lr'] if d_opt is not None else None))
+
+
+@pytest.mark.parametrize('method', ['source_only', 'advent', 's3', 's4', 's5', 's6', 'dada', 'depth_source_only'])
+def test_each_method_and_ablation_runs_a_batch(dls, method):
+    cfg = method_config(method)
+    learn = _learner(dls, method)
+    assert set(learn.dada.discriminators) == set(cfg.adapt)
+    for kind, d in learn.dada.discriminators.items():
+        assert d[0].in_channels == (1 if kind == 'depth' else 7)
+    assert learn.model.has_depth == cfg.depth_block
+    assert learn.model.feature_fusion == cfg.feature_fusion
+    learn.fit_iters(1, schedule='constant')
+    terms = {k: v.value for k, v in learn.dada.terms.items()}
+    assert terms['seg'] is not None and np.isfinite(terms['seg'])
+    assert (terms['depth'] is not None) == cfg.depth_block
+    for kind in cfg.adapt:
+        sfx = '' if len(cfg.adapt) == 1 else f'_{kind}'
+        assert all(np.isfinite(terms[f'{t}{sfx}']) for t in ('adv', 'd_src', 'd_trg'))
+
+
+def test_ablation_table_is_the_papers():
+    assert METHODS['s1'] == METHODS['source_only'] and METHODS['s7'] == METHODS['dada']
+    assert METHODS['s2'].adapt == ('surprisal',) and not METHODS['s2'].depth_block
+    assert METHODS['s6'].adapt == ('surprisal', 'depth') and METHODS['s6'].feature_fusion
+    assert METHODS['s4'].adapt == ('depth',) and not METHODS['s4'].feature_fusion
+    with pytest.raises(ValueError, match='valid'):
+        method_config('dada2')
+
+
+def _snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_what_trains_and_what_stays_put(dls):
+    learn = _learner(dls, 'dada', lr=1e-2)
+    before, d_before = _snapshot(learn.model), _snapshot(learn.dada.discriminators)
+    learn.fit_iters(2, schedule='constant')
+    after, d_after = _snapshot(learn.model), _snapshot(learn.dada.discriminators)
+    for n, p in learn.model.named_parameters():
+        changed = not torch.equal(before[n], after[n])
+        assert changed == p.requires_grad, f'{n}: requires_grad={p.requires_grad} but changed={changed}'
+    assert any('bn' in n and not p.requires_grad for n, p in learn.model.named_parameters())  # frozen BN affine
+    assert all(not torch.equal(d_before[n], d_after[n]) for n in d_before)
+    assert all(p.requires_grad for p in learn.dada.discriminators.parameters())
+
+
+def test_source_only_ignores_the_target(dls):
+    """Without adaptation the target images cannot change the segmenter."""
+    learn_a = _learner(dls, 'source_only', lr=1e-2)
+    learn_a.fit_iters(2, schedule='constant')
+
+    class ScrambleTarget(Callback):
+        order = 1
+
+        def before_batch(self):
+            if self.training:
+                self.learn.xb = (self.xb[0], torch.rand_like(self.xb[1]))
+    learn_b = _learner(dls, 'source_only', lr=1e-2, cbs=[ScrambleTarget()])
+    learn_b.fit_iters(2, schedule='constant')
+    for (n, a), b in zip(learn_a.model.state_dict().items(), learn_b.model.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_discriminator_learning_rate_follows_the_schedule(dls):
+    for schedule in ('poly', 'one_cycle', 'flat_cos'):
+        rec = _Hypers()
+        learn = _learner(dls, 'dada', lr=1e-3, d_lr=1e-4, cbs=[rec])
+        learn.fit_iters(5, schedule=schedule)
+        rows = np.array(rec.rows, dtype=float)
+        assert len(rows) == 5
+        np.testing.assert_allclose(rows[:, 1], 10 * rows[:, 0])  # the head at 10x
+        np.testing.assert_allclose(rows[:, 2] / rows[:, 0], 1e-4 / 1e-3, rtol=1e-6)  # same shape for D
+        if schedule == 'poly':  # the reference: lr (1 - i / N) ** 0.9
+            np.testing.assert_allclose(rows[:, 0], [1e-3 * (1 - i / 5) ** 0.9 for i in range(5)], rtol=1e-6)
+        else:
+            assert rows[:, 0].max() > rows[-1, 0]
+
+
+def test_plain_fit_and_fit_one_cycle_run_epochs(dls):
+    learn = _learner(dls, 'dada')
+    learn.fit(1, lr=1e-3)
+    assert learn.train_iter == len(dls.train)
+    learn.fit_one_cycle(1, 1e-3)
+    assert learn.recorder.metric_names[1:4] == ['train_loss', 'valid_loss', 'miou']
+    assert {'seg', 'depth', 'adv', 'd_src', 'd_trg'} <= set(learn.recorder.metric_names)
+
+
+def test_fit_iters_counts_exactly(dls):
+    rec = _Hypers()
+    learn = _learner(dls, 'advent', cbs=[rec])
+    learn.fit_iters(len(dls.train) + 1)  # one epoch and one iteration more
+    assert len(rec.rows) == len(dls.train) + 1
+
+
+def test_lr_find_works(dls):
+    learn = _learner(dls, 'dada')
+    res = learn.lr_find(num_it=6, show_plot=False)
+    assert res.valley > 0
+
+
+def test_confusion_and_iou():
+    label = torch.tensor([[0, 0, 1, 1, 255]])
+    pred = torch.tensor([[0, 1, 1, 1, 0]])
+    cm = confusion_matrix(pred, label, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    iou = iou_from_confusion(cm)
+    assert iou[0] == pytest.approx(50.) and iou[1] == pytest.approx(200 / 3) and np.isnan(iou[2])
+
+
+def test_evaluate_matches_a_direct_computation(dls):
+    learn = _learner(dls, 'dada')
+    res = learn.evaluate()
+    total = torch.zeros(7, 7, dtype=torch.long)
+    learn.model.eval()
+    for x, y in dls.valid:
+        pred, _ = learn.predict_batch(x, y.shape[-2:])
+        total += confusion_matrix(pred.cpu(), y.cpu(), 7)
+    iou = iou_from_confusion(total)
+    assert res['miou'] == pytest.approx(float(np.nanmean(iou)))
+    assert res['miou13'] is None
+    assert list(res['per_class']) == list(dls.protocol.classes)
+
+
+def test_miou13_for_sixteen_classes(tmp_path):
+    pair = tiny_pair(tmp_path)
+    dls16 = dada_dataloaders(*pair, n_classes=16, source_size=(32, 48), target_size=(32, 64), bs=2)
+    learn = _learner(dls16, 'advent')
+    res = learn.evaluate()
+    iou = np.array(list(res['per_class'].values()), dtype=float)
+    keep = [i for i, c in enumerate(dls16.protocol.classes) if c not in ('wall', 'fence', 'pole')]
+    expected = np.nanmean(iou[keep]) if np.isfinite(iou[keep]).any() else None
+    assert res['miou13'] == pytest.approx(expected, nan_ok=True)
+
+
+def test_show_results_draws_four_columns(dls):
+    import matplotlib
+    matplotlib.use('Agg')
+    learn = _learner(dls, 'dada')
+    axs = learn.show_results(max_n=2)
+    assert len(axs) == 8 and all(ax.images for ax in axs)
+
+
+def test_non_finite_loss_stops_or_skips(dls):
+    from dada_fastai.callbacks import NonFiniteLoss
+
+    class Poison(Callback):
+        order = 6  # after DADATrainer
+
+        def after_loss(self):
+            if self.training and self.train_iter == 1:
+                self.learn.loss_grad = self.loss_grad * float('nan')
+                self.learn.loss = self.loss * float('nan')
+    learn = _learner(dls, 'dada', cbs=[Poison()])
+    with pytest.raises(NonFiniteLoss, match='iteration 2'):
+        learn.fit_iters(3, schedule='constant')
+    learn = _learner(dls, 'dada', cbs=[Poison()], on_nan='skip')
+    with pytest.warns(UserWarning, match='skipping iteration 2'):
+        learn.fit_iters(3, schedule='constant')
+    assert learn.non_finite_guard.skipped == [2]
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
