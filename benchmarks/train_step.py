@@ -110,7 +110,7 @@ def learner_loop(model, batch, iters: int, warmup: int, mode: str, compile_model
                 self.start = time.perf_counter()
 
     n = warmup + iters
-    dl = DataLoader(range(n), bs=1, create_batch=lambda _: batch)
+    dl = DataLoader(range(n), bs=1, create_batch=lambda _: batch, num_workers=0)
     dl.n_inp = 2
     dls = DataLoaders(dl, DataLoader(range(0), bs=1), device=batch[0].device)
     clock = Clock()

@@ -138,8 +138,6 @@ def test_config_key_and_default_root(monkeypatch, tmp_path):
 
 
 def test_readers_accept_the_pair(tmp_path):
-    if not hasattr(datasets, 'open_dataset'):
-        pytest.skip('dada_fastai.datasets has no readers yet')
     source, target = make_toy_pair(tmp_path, TINY)
     synthia = datasets.open_dataset(f'synthia:{source}', n_classes=7)
     items = synthia.samples('train')
