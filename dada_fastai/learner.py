@@ -206,6 +206,13 @@ class DADALearner(Learner):
         else:
             raise ValueError(f"unknown schedule {schedule!r}; valid: poly, one_cycle, flat_cos, constant")
 
+    def export(self, fname: str = 'export.safetensors', **kwargs):
+        """Export the segmenter for inference as safetensors with its metadata (fastai's own export pickles
+        the whole Learner; this one cannot run code when loaded). Load it with
+        `dada_fastai.inference.load_model`."""
+        from .checkpoint import export_inference
+        return export_inference(self, self.path / fname)
+
     def per_class_iou(self) -> dict[str, float]:
         """Per-class IoU (%) of the last validation."""
         return self.confusion.per_class()
