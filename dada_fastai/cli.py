@@ -193,6 +193,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dada-fastai` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings('ignore', category=FutureWarning)  # third-party deprecation notes, not the user's concern
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())
         return 0 if argv else 2
@@ -203,14 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(_parser(name).parse_args(rest))
     args.pop('pdb', None)
     args.pop('xtra', None)
-    warnings.filterwarnings('ignore', category=FutureWarning)  # third-party deprecation notes, not the user's concern
     import torch
+    from .datasets import DatasetError
     try:
         return COMMANDS[name](**args) or 0
     except torch.cuda.OutOfMemoryError:
         _fail('out of GPU memory: try smaller --source-size/--target-size, --bs 1, or --mode fast (mixed precision)')
     except KeyboardInterrupt:
         _fail('interrupted; the last checkpoint of the run is intact (continue with --resume RUN_DIR)', code=130)
+    except DatasetError as e:
+        hint = '' if name == 'data-report' else '; check the data with `dada-fastai data-report`'
+        _fail(_message(e) + hint)
     except _known_errors() as e:
         _fail(_message(e))
     return 1

@@ -103,7 +103,7 @@ def test_list_presets(capsys):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['train', '--source', 'synthia:/nonexistent', '--target', 'cityscapes:/nonexistent'], '/nonexistent'),
+    (['train', '--source', 'synthia:/nonexistent', '--target', 'cityscapes:/nonexistent'], 'dada-fastai data-report'),
     (['train', '--source', 'carla:/x', '--target', 'cityscapes:/y'], 'carla'),
     (['train', '--source', 'synthia:/x'], 'both --source and --target'),
     (['train', '--config', 'no_such_preset'], 'synthia2cityscapes_dada'),
