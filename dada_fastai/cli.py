@@ -95,14 +95,18 @@ def _print_iou(res: dict, title: str) -> None:
     table.add_column('class')
     table.add_column('IoU %', justify='right')
     for name, iou in res['per_class'].items():
-        table.add_row(name, '-' if iou != iou else f'{iou:.1f}')
+        table.add_row(name, _pct(iou))
     table.add_section()
-    table.add_row('[bold]mIoU', f'[bold]{res["miou"]:.1f}')
+    table.add_row('[bold]mIoU', f'[bold]{_pct(res["miou"])}')
     if res.get('miou13') is not None:
-        table.add_row('[bold]mIoU* (13)', f'[bold]{res["miou13"]:.1f}')
+        table.add_row('[bold]mIoU* (13)', f'[bold]{_pct(res["miou13"])}')
     if res.get('negative_transfer') is not None:
         table.add_row('negative transfer', f'{res["negative_transfer"]:.1f}')
     console.print(table)
+
+
+def _pct(value: float | None) -> str:
+    return '-' if value is None or value != value else f'{value:.1f}'
 
 
 def evaluate(

@@ -2,7 +2,6 @@
 the negative transfer rate against a baseline); predict colour-coded segmentation and depth PNGs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import yaml
 from .checkpoint import CheckpointError, load_inference_file
 from .data import depth_to_rgb, normalization, parse_size
 from .datasets import DatasetError, open_dataset, read_array, write_png
-from .learner import ConfusionMatrix, iou_from_confusion
+from .learner import ConfusionMatrix, confusion_matrix, finite_mean, iou_from_confusion
 from .losses import upsample
 from .model import DADA, REFERENCE_ARCH
 from .protocols import get_protocol
@@ -76,8 +75,8 @@ def load_model(path: str | Path, device: str | torch.device = 'auto') -> LoadedM
 
 
 def _per_image_miou(cm: np.ndarray) -> float:
-    iou = iou_from_confusion(cm)
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan')
+    miou = finite_mean(iou_from_confusion(cm))
+    return float('nan') if miou is None else miou
 
 
 def evaluate_model(model: str | Path, target: str | None = None, classes: int | None = None,
@@ -109,21 +108,20 @@ def evaluate_model(model: str | Path, target: str | None = None, classes: int | 
         rgb, label = ds.read_image(s), ds.read_label(s)
         lab = torch.from_numpy(label.astype(np.int64))
         pred, _ = lm(rgb, size, label.shape)
-        from .learner import confusion_matrix
         cm = confusion_matrix(torch.from_numpy(pred), lab, proto.n_classes)
         total.cm += cm
         if base is not None:
             bpred, _ = base(rgb, size, label.shape)
             bcm = confusion_matrix(torch.from_numpy(bpred), lab, proto.n_classes)
             worse += _per_image_miou(cm.numpy()) < _per_image_miou(bcm.numpy())
-    per_class = total.per_class()
-    iou = np.array(list(per_class.values()))
-    res = {'miou': float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan'),
-           'miou13': float(np.nanmean(iou[list(proto.subset13)])) if proto.subset13 else None,
-           'per_class': per_class, 'images': len(samples), 'target': str(target)}
+    iou = iou_from_confusion(total.cm)
+    res = {'miou': finite_mean(iou), 'miou13': finite_mean(iou[list(proto.subset13)]) if proto.subset13 else None,
+           'per_class': {c: finite_mean(v) for c, v in zip(proto.classes, iou)}, 'images': len(samples),
+           'target': str(target)}
     if base is not None:
         res['negative_transfer'] = 100. * worse / max(len(samples), 1)
-    return json.loads(json.dumps(res).replace('NaN', 'null'))
+    return res
+
 
 
 def _expand_inputs(inputs) -> list[Path]:

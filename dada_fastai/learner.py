@@ -22,7 +22,7 @@ from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
 
-__all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU',
+__all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU', 'finite_mean',
            'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference']
 
 
@@ -107,6 +107,13 @@ def iou_from_confusion(cm: np.ndarray | torch.Tensor) -> np.ndarray:
         return np.where(denom > 0, tp / denom * 100, np.nan)
 
 
+def finite_mean(values) -> float | None:
+    """Mean of the finite values; None when there are none (a class absent from labels and predictions has no
+    IoU, and JSON has no NaN)."""
+    values = np.atleast_1d(np.asarray(values, np.float64))
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
 class ConfusionMatrix:
     """The confusion matrix of a validation pass at the label's full resolution (logits upsampled
     bilinearly, align_corners=True, before the argmax, as the reference evaluates)."""
@@ -122,9 +129,9 @@ class ConfusionMatrix:
         pred = upsample(seg, label.shape[-2:]).argmax(1)
         self.cm += confusion_matrix(pred, label, self.protocol.n_classes).cpu()
 
-    def per_class(self) -> dict[str, float]:
-        """{class name: IoU %} of the accumulated matrix."""
-        return dict(zip(self.protocol.classes, iou_from_confusion(self.cm).tolist()))
+    def per_class(self) -> dict[str, float | None]:
+        """{class name: IoU %} of the accumulated matrix (None for a class absent from labels and predictions)."""
+        return {c: finite_mean(v) for c, v in zip(self.protocol.classes, iou_from_confusion(self.cm))}
 
 
 class MeanIoU(Metric):
@@ -147,9 +154,7 @@ class MeanIoU(Metric):
         if not self.cm.cm.sum():
             return None
         iou = iou_from_confusion(self.cm.cm)
-        if self.subset is not None:
-            iou = iou[list(self.subset)]
-        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float('nan')
+        return finite_mean(iou if self.subset is None else iou[list(self.subset)])
 
     @property
     def name(self):
@@ -220,11 +225,10 @@ class DADALearner(Learner):
     def evaluate(self, dl=None) -> dict:
         """Validate on `dl` (default: the target validation set): {'miou', 'miou13', 'per_class'} in percent."""
         self.validate(dl=dl)
-        per_class = self.per_class_iou()
-        iou = np.array(list(per_class.values()))
+        iou = iou_from_confusion(self.confusion.cm)
         sub = self.protocol.subset13
-        miou13 = float(np.nanmean(iou[list(sub)])) if sub is not None else None
-        return {'miou': float(np.nanmean(iou)), 'miou13': miou13, 'per_class': per_class}
+        return {'miou': finite_mean(iou), 'miou13': finite_mean(iou[list(sub)]) if sub is not None else None,
+                'per_class': self.per_class_iou()}
 
     def predict_batch(self, x: torch.Tensor, size: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(class map (B,H,W), inverse depth (B,1,H,W) or None) for normalised images, upsampled to `size`."""
