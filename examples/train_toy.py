@@ -31,7 +31,7 @@ def main():
     learn = dada_learner(dls, args.method, arch=args.arch, ndf=32, lr=2e-3)
     learn.fit_iters(args.iters, schedule='one_cycle')
     res = learn.evaluate()
-    print({k: round(v, 1) for k, v in res['per_class'].items()}, 'mIoU', round(res['miou'], 1))
+    print({k: v if v is None else round(v, 1) for k, v in res['per_class'].items()}, 'mIoU', res['miou'])
     learn.show_results(max_n=3)
     plt.savefig(args.out, dpi=80, bbox_inches='tight')
     path = learn.export('toy_export.safetensors')
