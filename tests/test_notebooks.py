@@ -6,11 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+import ipykernel  # noqa: F401  (the dev extra: the notebooks run in a kernel of this interpreter)
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip('nbformat', reason='the notebook tests need the dev extra (nbformat, nbclient, ipykernel)')
-nbclient = pytest.importorskip('nbclient', reason='the notebook tests need the dev extra')
-pytest.importorskip('ipykernel', reason='the notebook tests need the dev extra')
 
 REPO = Path(__file__).resolve().parents[1]
 NBS = REPO / 'nbs'
