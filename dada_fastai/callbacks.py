@@ -90,10 +90,13 @@ class IterBudget(Callback):
 
     def before_batch(self):
         if self.training:
+            if self.train_iter >= self.n_iters:  # never an iteration past the budget
+                raise CancelFitException()
             self.learn.pct_train = min(self.train_iter / self.n_iters, 1.)
 
     def after_batch(self):
-        if self.training and self.train_iter >= self.n_iters:
+        # a budget spent on the epoch's last batch lets the epoch validate and log; mid-epoch, training stops
+        if self.training and self.train_iter >= self.n_iters and self.iter + 1 < self.n_iter:
             raise CancelFitException()
 
 
