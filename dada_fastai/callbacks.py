@@ -66,10 +66,10 @@ class HeadLR(Callback):
         self.mult = mult
 
     def _apply(self):
-        hypers = self.learn.opt.hypers
-        if len(hypers) > 1 and self.mult != 1:
-            hypers[1]['lr'] = hypers[0]['lr'] * self.mult
-            self.learn.opt.set_hypers(lr=[h['lr'] for h in hypers])
+        lrs = [h['lr'] for h in self.learn.opt.hypers]
+        if len(lrs) > 1 and self.mult != 1:
+            lrs[1] = lrs[0] * self.mult
+            self.learn.opt.set_hypers(lr=lrs)
 
     def before_fit(self):
         if self.learn.opt is not None:

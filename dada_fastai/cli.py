@@ -8,7 +8,6 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Annotated
 
 from fastcore.script import anno_parser, store_true
@@ -162,7 +161,6 @@ def data_report(
 
 COMMANDS = {'train': train, 'evaluate': evaluate, 'predict': predict, 'data-report': data_report}
 _POSITIONAL = {'evaluate': ['model'], 'predict': ['model', 'inputs'], 'data-report': []}
-_RENAMES = {'json_out': '--json'}
 
 
 def _parser(name: str) -> argparse.ArgumentParser:

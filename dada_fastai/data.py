@@ -17,7 +17,7 @@ from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.torch_core import TensorImageBase
-from fastai.vision.core import PILImage, PILMask, TensorImage, TensorMask, ToTensor, image2tensor
+from fastai.vision.core import PILImage, PILMask, TensorImage, ToTensor, image2tensor
 from fasttransform import ItemTransform, Transform
 from PIL import Image
 
@@ -90,12 +90,17 @@ def depth_to_rgb(depth: np.ndarray | torch.Tensor, vmin: float | None = None, vm
     return rgb
 
 
+def _show_depth(depth, ctx=None, **kwargs):
+    """Show an inverse-depth map in `depth_to_rgb`'s colours (only a `title` is passed on)."""
+    from fastai.torch_core import show_image
+    return show_image(depth_to_rgb(depth), ctx=ctx, **{k: v for k, v in kwargs.items() if k == 'title'})
+
+
 class TensorDepth(TensorImageBase):
     """An inverse-depth map (B, 1, H, W) float; NaN where the depth is unknown."""
 
     def show(self, ctx=None, **kwargs):
-        from fastai.torch_core import show_image
-        return show_image(depth_to_rgb(self), ctx=ctx, **{k: v for k, v in kwargs.items() if k == 'title'})
+        return _show_depth(self, ctx, **kwargs)
 
 
 class PILDepth(PILMask):
@@ -104,8 +109,7 @@ class PILDepth(PILMask):
     _tensor_cls = TensorDepth
 
     def show(self, ctx=None, **kwargs):
-        from fastai.torch_core import show_image
-        return show_image(depth_to_rgb(np.asarray(self)), ctx=ctx, **{k: v for k, v in kwargs.items() if k == 'title'})
+        return _show_depth(np.asarray(self), ctx, **kwargs)
 
 
 @ToTensor
@@ -164,8 +168,8 @@ def SourceImageBlock(size: tuple[int, int] | None) -> TransformBlock:
 
 
 def TargetImageBlock(size: tuple[int, int] | None) -> TransformBlock:
-    """Target images read and resized to the target size."""
-    return TransformBlock(type_tfms=ReadImage(size), batch_tfms=IntToFloatTensor)
+    """Target images read and resized to the target size (read as the source's are)."""
+    return SourceImageBlock(size)
 
 
 def MaskBlockFor(size: tuple[int, int] | None, codes: Sequence[str]) -> TransformBlock:

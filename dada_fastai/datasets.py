@@ -467,7 +467,7 @@ class FolderDataset(DomainDataset):
             raise DatasetError(f'folder dataset images not found: missing {self.root / "images"}; {self.layout}')
         names = self.protocol.classes
         classes = config.get('classes') or []
-        if not isinstance(classes, list) or (bad := [c for c in classes if str(c).lower() not in names]):
+        if not isinstance(classes, list) or any(str(c).lower() not in names for c in classes):
             raise DatasetError(f'{path}: classes must list names of the {self.protocol.name}-class protocol '
                                f'({", ".join(names)}); got {classes!r}')
         mapping = config.get('id_mapping') or {}

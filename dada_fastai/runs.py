@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import yaml
 
-from .config import ConfigError, TrainConfig, resolve_config
+from .config import ConfigError, TrainConfig, load_preset, resolve_config
 from .data import dada_dataloaders, parse_size
 from .losses import Lambdas
 
@@ -175,6 +175,13 @@ def _main_decides(fn, *args):
     return value
 
 
+def _build(cfg: TrainConfig, run_dir: Path, cbs=None):
+    """Seed, then build the DataLoaders and the learner of a run on this process's device."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    return build_learner(cfg, build_dataloaders(cfg, device), run_dir, cbs)
+
+
 def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> RunResult:
     """Train a run from `cfg` (or options resolved like the command line's), checkpointing into its run
     folder; returns the final target-validation results. `cbs`: extra fastai callbacks. Under
@@ -182,12 +189,10 @@ def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> 
     from .distributed import barrier, distributed_training, is_main_process
     cfg = cfg or resolve_config(options.pop('config', None), **options)
     _start_distributed(cfg.device)
-    device = resolve_device(cfg.device)
+    resolve_device(cfg.device)  # a missing GPU fails before anything else
     run_dir = _main_decides(new_run_dir, cfg.out, cfg.method)
     cfg.out = str(run_dir)
-    seed_everything(cfg.seed, cfg.deterministic)
-    dls = build_dataloaders(cfg, device)  # bad data fails here, before the run folder exists
-    learn = build_learner(cfg, dls, run_dir, cbs)
+    learn = _build(cfg, run_dir, cbs)  # bad data fails here, before the run folder exists
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -204,19 +209,12 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
     run_dir = Path(run_dir)
     if not (run_dir / 'config.yaml').is_file():
         raise RunError(f'{run_dir} is not a run folder (no config.yaml); give the folder that `train --out` made')
-    try:
-        values = yaml.safe_load((run_dir / 'config.yaml').read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f'bad YAML in {run_dir / "config.yaml"}: {e}') from None
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**load_preset(run_dir / 'config.yaml'))
     if iters is not None:
         cfg.iters = iters
     state = load_checkpoint(run_dir / 'last.pth')
     _start_distributed(cfg.device)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
-    dls = build_dataloaders(cfg, device)
-    learn = build_learner(cfg, dls, run_dir, cbs)
+    learn = _build(cfg, run_dir, cbs)
     learn.create_opt()
     restore_training_state(learn, state, run_dir / 'last.pth')
     started = time.time()

@@ -9,7 +9,6 @@ from pathlib import Path
 import ipykernel  # noqa: F401  (the dev extra: the notebooks run in a kernel of this interpreter)
 import nbclient
 import nbformat
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NBS = REPO / 'nbs'
