@@ -4,9 +4,12 @@ description) against our fastai Learner in faithful and fast mode, side by side.
     python benchmarks/train_step.py --device cpu --size 128x256 --iters 5     # about a minute on CPU
     python benchmarks/train_step.py --device cuda --iters 50                  # paper sizes on a GPU
 
-Each configuration runs in its own process (clean peak memory). Data are fixed in-memory batches on the
-device, so the figures are those of the training step itself. The last line is
-`faithful/plain=R1 fast/plain=R2` (ratios of iterations per second).
+The plain loop and the faithful mode run in IEEE float32 (TF32 off), as the reference did. Each configuration
+runs in its own process (clean peak memory). Data are fixed in-memory batches on the device, so the figures are
+those of the training step itself. The last line is `faithful/plain=R1 fast/plain=R2` (ratios of iterations per
+second). `--configs` also takes `plain-tf32` (the plain loop with PyTorch's default TF32 convolutions on CUDA; on
+CUDA it runs by default), `faithful-frozen-bn` and `fast-frozen-bn` (BatchNorm frozen: not the reference's
+computation; in fast mode equal sizes then let source and target share one forward).
 """
 from __future__ import annotations
 
@@ -94,7 +97,7 @@ def plain_loop(model, disc, batch, iters: int, warmup: int, lr: float = 2.5e-4, 
 # ---------------------------------------------------------------------------------------------------------
 # Our Learner on the same batches
 # ---------------------------------------------------------------------------------------------------------
-def learner_loop(model, batch, iters: int, warmup: int, mode: str, compile_model: bool = False):
+def learner_loop(model, batch, iters: int, warmup: int, mode: str, compile_model: bool = False, bn: str = 'batch'):
     """`dada_learner(...).fit_iters` on a fixed batch; returns the seconds of the last `iters` iterations."""
     from fastai.callback.core import Callback
     from fastai.data.core import DataLoaders
@@ -115,7 +118,7 @@ def learner_loop(model, batch, iters: int, warmup: int, mode: str, compile_model
     dls = DataLoaders(dl, DataLoader(range(0), bs=1), device=batch[0].device)
     clock = Clock()
     learn = dada_learner(dls, 'dada', model=model, n_classes=N_CLASSES, mode=mode, compile=compile_model,
-                         cbs=[clock])
+                         bn=bn, cbs=[clock])
     with learn.no_bar(), learn.no_logging():
         learn.fit_iters(n, schedule='poly')
     _sync(batch[0].device)
@@ -146,10 +149,14 @@ def run_one(args) -> dict:
     model = official_deeplabv2_depth(N_CLASSES).to(device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    if args.only == 'plain':
+    if args.only.startswith('plain'):
+        # the reference computed in IEEE float32; 'plain-tf32' is PyTorch's default (TF32 convolutions on CUDA)
+        tf32 = args.only == 'plain-tf32'
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         secs = plain_loop(model, Discriminator(N_CLASSES).to(device), batch, args.iters, args.warmup)
     else:
-        secs = learner_loop(model, batch, args.iters, args.warmup, args.only, args.compile)
+        mode, _, bn = args.only.partition('-')  # e.g. 'fast-frozen-bn': fast mode, BatchNorm frozen
+        secs = learner_loop(model, batch, args.iters, args.warmup, mode, args.compile, 'frozen' if bn else 'batch')
     if device.type == 'cuda':
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 30
     else:
@@ -170,11 +177,17 @@ def main(argv=None):
     p.add_argument('--size', default=None, help='HxW of both domains (default: paper sizes on CUDA, 128x256 on CPU)')
     p.add_argument('--iters', type=int, default=5, help='timed iterations per configuration')
     p.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
-    p.add_argument('--configs', default='plain,faithful,fast')
+    p.add_argument('--configs', default=None,
+                   help="comma-separated (default: plain,faithful,fast, and plain-tf32 on CUDA): plain, faithful, "
+                        "fast, plain-tf32 (the plain loop with PyTorch's default TF32 convolutions on CUDA), "
+                        "faithful-frozen-bn, fast-frozen-bn (BatchNorm frozen, not the reference's computation; in "
+                        "fast mode source and target then share one forward when --size makes them equal)")
     p.add_argument('--compile', action='store_true', help='torch.compile in fast mode')
     p.add_argument('--json', default=None, help='also write the results to this JSON file')
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.configs = args.configs or ('plain,plain-tf32,faithful,fast' if args.device.startswith('cuda')
+                                    else 'plain,faithful,fast')
     if args.only:
         print('\nRESULT ' + json.dumps(run_one(args)), flush=True)
         return
@@ -182,7 +195,7 @@ def main(argv=None):
     for config in args.configs.split(','):
         cmd = [sys.executable, __file__, '--only', config, '--device', args.device, '--iters', str(args.iters),
                '--warmup', str(args.warmup)] + (['--size', args.size] if args.size else []) + \
-              (['--compile'] if args.compile and config == 'fast' else [])
+              (['--compile'] if args.compile and config.startswith('fast') else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
         if out.returncode or not lines:

@@ -17,7 +17,8 @@ from .losses import (Lambdas, adaptation_map, discriminator_loss, fooling_loss, 
                      SOURCE_LABEL, TARGET_LABEL)
 
 __all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'NonFiniteLoss',
-           'NonFiniteGuard', 'DeviceMixedPrecision', 'ThrottledProgress']
+           'NonFiniteGuard', 'uses_batch_statistics',
+           'Float32Precision', 'DeviceMixedPrecision', 'ThrottledProgress']
 
 
 class TrainTerm(Metric):
@@ -119,7 +120,10 @@ class DADATrainer(Callback):
     optimizer (Adam) after the segmenter, at a learning rate that follows the segmenter's schedule.
     `discriminators` maps an adaptation map ('surprisal', 'depth', 'dada') to its discriminator; empty for
     source-only training (the target image is then ignored). `fused=True` (fast mode) computes the same
-    gradients with two backward passes instead of four, holding the source and target graphs at once."""
+    gradients with two backward passes instead of four, holding the source and target graphs at once; with
+    `joint=True` it also runs source and target through the segmenter in one forward (one batch of both)
+    whenever that computes the same thing: no normalisation layer uses batch statistics (BatchNorm frozen,
+    or none at all) and both domains come at the same size. `joined` tells whether the last batch was."""
     order = 5
 
     @property
@@ -127,10 +131,13 @@ class DADATrainer(Callback):
         return 'dada'  # reachable as `learn.dada`
 
     def __init__(self, discriminators: dict[str, nn.Module] | nn.ModuleDict, lambdas: Lambdas = Lambdas(),
-                 d_lr: float = 1e-4, d_betas: tuple[float, float] = (0.9, 0.99), fused: bool = False):
+                 d_lr: float = 1e-4, d_betas: tuple[float, float] = (0.9, 0.99), fused: bool = False,
+                 joint: bool = True):
         self.discriminators = discriminators if isinstance(discriminators, nn.ModuleDict) else nn.ModuleDict(discriminators)
         self.lambdas, self.d_lr, self.d_betas = lambdas, d_lr, d_betas
         self.fused = fused  # fast mode: 2 backward passes (source + fooling, then all D losses) instead of 4
+        self.joint = joint  # fast mode: one forward for source and target where that changes nothing
+        self.can_join, self.joined, self.n_src, self.pred_t = False, False, None, None
         self.d_opt = None
         self.terms = {k: TrainTerm(k) for k in self.term_names()}
         self.batch_terms: dict[str, torch.Tensor] = {}  # this iteration's loss terms
@@ -166,16 +173,30 @@ class DADATrainer(Callback):
         for t in self.terms.values():
             t.clear()
         self.discriminators.train()
+        # after TrainEvalCallback and BnFreeze have set the modules' modes for this epoch
+        self.can_join = (self.fused and self.joint and bool(self.discriminators)
+                         and not uses_batch_statistics(self.learn.model))
 
     # -- one iteration ------------------------------------------------------------------------------------
     def before_batch(self):
         if not self.training:
             return
-        self.x_trg = self.learn.xb[1]
-        self.learn.xb = self.learn.xb[:1]
+        x_src, self.x_trg = self.learn.xb[0], self.learn.xb[1]
+        self.joined = self.can_join and x_src.shape[1:] == self.x_trg.shape[1:]
+        self.n_src, self.pred_t = (len(x_src), None) if self.joined else (None, None)
+        self.learn.xb = (torch.cat([x_src, self.x_trg]),) if self.joined else (x_src,)
         self.batch_terms = {}
         for d in self.discriminators.values():
             set_requires_grad(d, False)
+
+    def after_pred(self):
+        """Split a joint forward's predictions: the source's go on to fastai's loss, the target's are kept."""
+        if not self.training or not self.joined:
+            return
+        n = self.n_src
+        seg, depth = self.learn.pred
+        self.learn.pred = (seg[:n], depth[:n] if depth is not None else None)
+        self.pred_t = (seg[n:], depth[n:] if depth is not None else None)
 
     def _autocast(self):
         """The mixed-precision context of fastai's `MixedPrecision` when it is on, else a no-op."""
@@ -191,8 +212,11 @@ class DADATrainer(Callback):
     def _target_losses(self) -> torch.Tensor:
         """Target forward with the discriminators frozen; returns lambda_adv x the fooling losses."""
         size_t = self.x_trg.shape[-2:]
-        with self._autocast():
-            seg_t, depth_t = self.learn.model(self.x_trg)
+        if self.pred_t is not None:  # computed by the joint forward
+            (seg_t, depth_t), self.pred_t = self.pred_t, None
+        else:
+            with self._autocast():
+                seg_t, depth_t = self.learn.model(self.x_trg)
         up_seg_t = upsample(seg_t.float(), size_t)
         up_depth_t = upsample(depth_t.float(), size_t) if depth_t is not None else None
         self.maps_t, adv = {}, 0.
@@ -275,6 +299,40 @@ class DADATrainer(Callback):
                 self.create_d_opt()
             self.d_opt.load_state_dict(state['d_opt'])
 
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether some normalisation layer of `model` normalises with the statistics of the batch in its current
+    mode (a BatchNorm in training mode, or one without running statistics), so that what one image gets
+    depends on the other images of the batch. LayerNorm, GroupNorm and frozen BatchNorm do not."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+               for m in model.modules())
+
+
+class Float32Precision(Callback):
+    """Whether float32 convolutions and matrix products may run as TF32 on CUDA (Ampere and later) while the
+    Learner fits: `tf32=False` (faithful mode) keeps them IEEE float32, as the reference computed (PyTorch
+    otherwise runs float32 convolutions as TF32, with a 10-bit mantissa); `tf32=True` (fast mode) lets both use
+    TF32. The previous settings come back after the fit. Settings made through torch's per-backend
+    `fp32_precision` API are left as they are."""
+    order = -20
+
+    def __init__(self, tf32: bool):
+        self.tf32, self.saved = tf32, None
+
+    def before_fit(self):
+        b = torch.backends
+        try:
+            self.saved = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
+        except RuntimeError:  # set through the per-backend API: reading the global flags is refused
+            self.saved = None
+            return
+        b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = self.tf32
+
+    def after_fit(self):
+        if self.saved is not None:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+            self.saved = None
 
 
 class NonFiniteLoss(RuntimeError):

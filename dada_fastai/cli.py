@@ -59,6 +59,7 @@ def train(
     mode: Annotated[str, 'faithful: float32 in the reference order; fast: mixed precision, channels_last', {'choices': ['faithful', 'fast']}] = None,
     precision: Annotated[str, 'fast mode precision (default: bf16 on GPU, fp32 on CPU)', {'choices': ['bf16', 'fp16', 'fp32']}] = None,
     compile: Annotated[bool, 'torch.compile the segmenter (fast mode)', BOOL] = None,
+    bn: Annotated[str, "BatchNorm: batch statistics (the reference) or frozen running statistics (lets fast mode join source and target in one forward)", {'choices': ['batch', 'frozen']}] = None,
     deterministic: Annotated[bool, 'deterministic algorithms where torch offers them (slower)', BOOL] = None,
     workers: int = None,  # data-loading workers
     on_nan: Annotated[str, 'what a NaN/inf loss does: stop with a message, or skip the iteration', {'choices': ['stop', 'skip']}] = None,
@@ -86,7 +87,7 @@ def train(
 
 _TRAIN_OPTIONS = ('source', 'target', 'classes', 'method', 'arch', 'pretrained', 'weights', 'iters', 'source_size',
                   'target_size', 'bs', 'lr', 'd_lr', 'schedule', 'seed', 'out', 'checkpoint_every', 'eval_every',
-                  'val_max', 'device', 'mode', 'workers', 'on_nan', 'precision', 'compile', 'deterministic')
+                  'val_max', 'device', 'mode', 'workers', 'on_nan', 'precision', 'compile', 'bn', 'deterministic')
 
 
 def _print_iou(res: dict, title: str) -> None:

@@ -51,6 +51,7 @@ class TrainConfig:
     mode: str = 'faithful'  # faithful (float32, reference order) or fast (mixed precision, channels_last)
     precision: str | None = None  # fast mode: bf16 (default on GPU), fp16, fp32 (default on CPU)
     compile: bool = False  # torch.compile the segmenter (fast mode)
+    bn: str = 'batch'  # batch (reference: each batch's statistics) or frozen (running statistics, BnFreeze)
     on_nan: str = 'stop'  # stop or skip an iteration whose loss is not finite
     deterministic: bool = False  # deterministic algorithms (slower)
     toy: dict | None = None  # ToyConfig fields for the built-in toy pair
@@ -117,6 +118,7 @@ def _check(cfg: TrainConfig) -> None:
     from .learner import METHODS
     choices = {'method': list(METHODS), 'schedule': ['poly', 'one_cycle', 'flat_cos', 'constant'],
                'norm': ['auto', 'reference', 'timm', 'imagenet', 'none'], 'mode': ['faithful', 'fast'],
+               'bn': ['batch', 'frozen'],
                'on_nan': ['stop', 'skip'], 'classes': [16, 7], 'precision': [None, 'bf16', 'fp16', 'fp32']}
     for name, valid in choices.items():
         if getattr(cfg, name) not in valid:

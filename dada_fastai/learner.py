@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
+from fastai.callback.training import BnFreeze
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
 
-from .callbacks import (DADATrainer, DeviceMixedPrecision, HeadLR, IterBudget, NonFiniteGuard, SetEpoch,
-                        ThrottledProgress, poly_decay)
+from .callbacks import (DADATrainer, DeviceMixedPrecision, Float32Precision, HeadLR, IterBudget, NonFiniteGuard,
+                        SetEpoch, ThrottledProgress, poly_decay)
 from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
@@ -264,17 +265,24 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  lambdas: Lambdas | None = None, lr: float = 2.5e-4, wd: float = 5e-4, d_lr: float = 1e-4,
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
                  backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', mode: str = 'faithful',
-                 precision: str | None = None, compile: bool = False, **kwargs) -> DADALearner:
+                 precision: str | None = None, compile: bool = False, bn: str = 'batch', **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
     `arch` is any timm model name or 'deeplabv2_resnet101' (the reference backbone); `on_nan` ('stop',
     'skip' or None) decides what a non-finite loss does.
 
-    `mode='faithful'` computes what the reference computes, in its order, in float32. `mode='fast'` keeps the
-    losses and gradients but fuses the four backward passes into two, runs in mixed precision (`precision`:
-    'bf16' (default on GPU), 'fp16' with a gradient scaler, or 'fp32' (default on CPU)), uses channels_last,
-    optionally `torch.compile` (`compile=True`), and reads values from the device only every 50 iterations."""
+    `mode='faithful'` computes what the reference computes, in its order, in IEEE float32 (no TF32 on CUDA).
+    `mode='fast'` keeps the losses and gradients but fuses the four backward passes into two, runs in mixed
+    precision (`precision`: 'bf16' (default on GPU), 'fp16' with a gradient scaler, or 'fp32' (default on CPU)),
+    lets float32 work use TF32, uses channels_last, optionally `torch.compile` (`compile=True`), and reads values
+    from the device only every 50 iterations.
+
+    `bn='batch'` (the reference) normalises with each training batch's statistics (BatchNorm in training
+    mode, running statistics updated); `bn='frozen'` keeps the frozen-affine BatchNorm layers (all of the
+    backbone's) in eval mode (fastai's `BnFreeze`): they normalise with their running statistics, which stay
+    as loaded. It departs from the reference, and lets fast mode run source and target in one forward
+    when both come at the same size."""
     cfg = method_config(method)
     proto = getattr(dls, 'protocol', None) or get_protocol(n_classes or 16)
     n_classes = proto.n_classes
@@ -285,9 +293,15 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     if mode not in ('faithful', 'fast'):
         raise ValueError(f"unknown mode {mode!r}; valid: faithful, fast")
     fast = mode == 'fast'
+    if bn not in ('batch', 'frozen'):
+        raise ValueError(f"unknown bn {bn!r}; valid: batch, frozen")
     discs = nn.ModuleDict({k: Discriminator(1 if k == 'depth' else n_classes, ndf) for k in cfg.adapt})
     trainer = DADATrainer(discs, lambdas, d_lr=d_lr, fused=fast)
-    extra = [NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1)] if on_nan else []
+    extra = [Float32Precision(tf32=fast)]
+    if on_nan:
+        extra.append(NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1))
+    if bn == 'frozen':
+        extra.append(BnFreeze())
     if fast:
         extra += _fast_mode(model, discs, dls, precision, compile)
     cm = ConfusionMatrix(proto)
@@ -302,7 +316,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
         learn.remove_cb(ProgressCallback)
         learn.add_cb(ThrottledProgress())
     learn.dada_config = {'protocol': proto, 'method': cfg, 'arch': arch, 'lambdas': lambdas, 'confusion': cm,
-                         'layers': list((backbone_kwargs or {}).get('layers', ())) or None, 'mode': mode}
+                         'layers': list((backbone_kwargs or {}).get('layers', ())) or None, 'mode': mode,
+                         'bn': bn}
     return learn
 
 

@@ -113,7 +113,7 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
                          weights=cfg.weights, lambdas=Lambdas(cfg.lambda_seg, cfg.lambda_depth, cfg.lambda_adv),
                          lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
-                         precision=cfg.precision, compile=cfg.compile)
+                         precision=cfg.precision, compile=cfg.compile, bn=cfg.bn)
     learn.run_config = cfg.to_dict()
     return learn
 

@@ -81,6 +81,15 @@ def test_each_method_trains_through_the_cli(pair, tmp_path):
         assert main(['train', *cli_args(tiny_options(*pair, iters=1, method=method, out=str(tmp_path / method)))]) == 0
 
 
+def test_fast_mode_with_frozen_batchnorm_through_the_cli(pair, tmp_path):
+    import yaml
+    out = tmp_path / 'fast'
+    opts = tiny_options(*pair, iters=2, mode='fast', bn='frozen', source_size='32x64', out=str(out))
+    assert main(['train', *cli_args(opts)]) == 0
+    cfg = yaml.safe_load((out / 'config.yaml').read_text())
+    assert cfg['mode'] == 'fast' and cfg['bn'] == 'frozen'
+
+
 def test_toy_default_from_a_config_file(tmp_path, monkeypatch):
     monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
     cfg = tmp_path / 'toy.yaml'

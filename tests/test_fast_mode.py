@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch.testing import assert_close
 
+from dada_fastai.callbacks import uses_batch_statistics
 from dada_fastai.data import dada_dataloaders
 from dada_fastai.learner import dada_learner
 from e2e import tiny_pair
@@ -19,14 +21,22 @@ def pair(tmp_path_factory):
     return tiny_pair(tmp_path_factory.mktemp('data'))
 
 
-def _terms_after_steps(pair, mode: str, precision: str | None, method: str = 'dada', steps: int = 4) -> dict:
+def _terms_after_steps(pair, mode: str, precision: str | None, method: str = 'dada', steps: int = 4,
+                       source_size=(32, 48), bn: str = 'batch', joint: bool = True) -> dict:
     torch.manual_seed(0)
-    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
-    learn = dada_learner(dls, method, arch='test_resnet', ndf=8, mode=mode, precision=precision, lr=5e-3)
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=source_size, target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, method, arch='test_resnet', ndf=8, mode=mode, precision=precision, lr=5e-3, bn=bn)
+    learn.dada.joint = joint
+    forwards = []  # batch size of every training forward of the segmenter
+    hook = learn.model.register_forward_hook(lambda m, i, o: forwards.append(len(i[0])) if m.training else None)
+    bn_before = {k: v.clone() for k, v in learn.model.state_dict().items() if 'running' in k}
     learn.fit_iters(steps, schedule='poly')
+    hook.remove()
     terms = {k: v.value for k, v in learn.dada.terms.items()}
     params = torch.cat([p.detach().flatten() for p in learn.model.parameters()])
-    return {'terms': terms, 'params': params, 'n_mp': len([c for c in learn.cbs if c.name == 'mixed_precision'])}
+    bn_moved = any(not torch.equal(v, learn.model.state_dict()[k]) for k, v in bn_before.items())
+    return {'terms': terms, 'params': params, 'n_mp': len([c for c in learn.cbs if c.name == 'mixed_precision']),
+            'forwards': forwards, 'bn_moved': bn_moved}
 
 
 @pytest.mark.parametrize('method', ['dada', 's6'])
@@ -64,3 +74,57 @@ def test_fused_backward_gives_the_reference_gradients(golden):
         assert set(names) == set(grads)
         for n in names:
             assert_close(grads[n].norm().reshape(1), t[f'gradnorm_{prefix}.{n}'], rtol=1e-3, atol=1e-9)
+
+
+def test_frozen_bn_joins_source_and_target_in_one_forward(pair):
+    """With BatchNorm frozen and both domains at one size, fast mode runs one forward of both per iteration,
+    and still computes what the faithful mode (two forwards) computes."""
+    faithful = _terms_after_steps(pair, 'faithful', None, source_size=(32, 64), bn='frozen')
+    joint = _terms_after_steps(pair, 'fast', 'fp32', source_size=(32, 64), bn='frozen')
+    assert faithful['forwards'] == [2, 2] * 4  # source, then target, each a batch of 2
+    assert joint['forwards'] == [4] * 4  # one forward of both
+    assert not faithful['bn_moved'] and not joint['bn_moved']  # running statistics frozen
+    for k in faithful['terms']:
+        assert joint['terms'][k] == pytest.approx(faithful['terms'][k], rel=1e-4), k
+    assert_close(joint['params'], faithful['params'], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('bn, source_size', [('batch', (32, 64)), ('frozen', (32, 48))])
+def test_forwards_stay_separate_where_joining_would_change_the_result(pair, bn, source_size):
+    """BatchNorm on batch statistics would normalise each image with the other domain's statistics, and
+    domains of different sizes cannot share a batch: then source and target go through separately."""
+    res = _terms_after_steps(pair, 'fast', 'fp32', source_size=source_size, bn=bn, steps=2)
+    assert res['forwards'] == [2, 2] * 2
+    assert res['bn_moved'] == (bn == 'batch')
+
+
+def test_uses_batch_statistics():
+    bn = nn.BatchNorm2d(4)
+    assert uses_batch_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), bn))
+    bn.eval()
+    assert not uses_batch_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), bn))
+    assert uses_batch_statistics(nn.BatchNorm2d(4, track_running_stats=False).eval())  # always the batch's
+    assert not uses_batch_statistics(nn.Sequential(nn.GroupNorm(2, 4), nn.LayerNorm(4)))
+
+
+@pytest.mark.parametrize('mode, tf32', [('faithful', False), ('fast', True)])
+def test_tf32_is_off_in_faithful_mode_and_restored_after(pair, mode, tf32):
+    """Faithful mode keeps float32 convolutions IEEE (PyTorch runs them as TF32 on CUDA by default); fast mode
+    allows TF32; both restore the process's settings after fitting."""
+    from fastai.callback.core import Callback
+    seen = []
+
+    class Flags(Callback):
+        def after_batch(self):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = (not tf32), (not tf32)
+    try:
+        dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+        learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode=mode, precision='fp32', cbs=[Flags()])
+        learn.fit_iters(1)
+        assert seen and all(s == (tf32, tf32) for s in seen)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (not tf32, not tf32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
