@@ -380,7 +380,9 @@ class NonFiniteGuard(Callback):
 
 class DeviceMixedPrecision(MixedPrecision):
     """fastai's `MixedPrecision` on the learner's device (fastai's own autocasts CUDA only): bf16 or fp16
-    autocast; for fp16 a `GradScaler` that `DADATrainer` also uses for the discriminators' losses and step."""
+    autocast; for fp16 a `GradScaler` that `DADATrainer` also uses for the discriminators' losses and step
+    (one scaler, two optimizers: each step is skipped when its own gradients overflowed, and the scale
+    follows both). fp16 runs on CPU too, slowly: it is meant for GPUs without bf16."""
 
     @property
     def name(self) -> str:
@@ -390,8 +392,6 @@ class DeviceMixedPrecision(MixedPrecision):
         super().before_fit()
         device = self.dls.device.type if getattr(self.dls, 'device', None) is not None else 'cpu'
         dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
-        if device == 'cpu' and dtype == torch.float16:
-            raise ValueError('fp16 mixed precision needs a GPU; use --precision bf16 on CPU')
         self.autocast = torch.autocast(device, dtype=dtype)
         self.learn.scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
 

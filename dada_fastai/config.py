@@ -123,6 +123,10 @@ def _check(cfg: TrainConfig) -> None:
     for name, valid in choices.items():
         if getattr(cfg, name) not in valid:
             raise ConfigError(f'invalid {name} {getattr(cfg, name)!r}; valid: {", ".join(map(str, valid))}')
+    if cfg.mode != 'fast' and (cfg.compile or cfg.precision not in (None, 'fp32')):
+        what = f'--precision {cfg.precision}' if cfg.precision not in (None, 'fp32') else '--compile'
+        raise ConfigError(f'{what} applies to --mode fast (the faithful mode runs in float32, uncompiled); '
+                          'add --mode fast')
     for name in ('iters', 'bs'):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
             raise ConfigError(f'{name} must be a positive integer, not {getattr(cfg, name)!r}')

@@ -265,7 +265,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  lambdas: Lambdas | None = None, lr: float = 2.5e-4, wd: float = 5e-4, d_lr: float = 1e-4,
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
                  backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', mode: str = 'faithful',
-                 precision: str | None = None, compile: bool = False, bn: str = 'batch', **kwargs) -> DADALearner:
+                 precision: str | None = None, compile: bool | dict = False, bn: str = 'batch',
+                 **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
@@ -275,8 +276,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     `mode='faithful'` computes what the reference computes, in its order, in IEEE float32 (no TF32 on CUDA).
     `mode='fast'` keeps the losses and gradients but fuses the four backward passes into two, runs in mixed
     precision (`precision`: 'bf16' (default on GPU), 'fp16' with a gradient scaler, or 'fp32' (default on CPU)),
-    lets float32 work use TF32, uses channels_last, optionally `torch.compile` (`compile=True`), and reads values
-    from the device only every 50 iterations.
+    lets float32 work use TF32, uses channels_last, optionally `torch.compile` (`compile=True`, or a dict of
+    `torch.compile` options), and reads values from the device only every 50 iterations.
 
     `bn='batch'` (the reference) normalises with each training batch's statistics (BatchNorm in training
     mode, running statistics updated); `bn='frozen'` keeps the frozen-affine BatchNorm layers (all of the
@@ -293,6 +294,9 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     if mode not in ('faithful', 'fast'):
         raise ValueError(f"unknown mode {mode!r}; valid: faithful, fast")
     fast = mode == 'fast'
+    if not fast and (compile or precision not in (None, 'fp32')):
+        raise ValueError('precision and compile apply to the fast mode: pass mode="fast" (the faithful mode '
+                         'runs in float32, uncompiled)')
     if bn not in ('batch', 'frozen'):
         raise ValueError(f"unknown bn {bn!r}; valid: batch, frozen")
     discs = nn.ModuleDict({k: Discriminator(1 if k == 'depth' else n_classes, ndf) for k in cfg.adapt})
@@ -322,7 +326,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
 
 
 
-def _fast_mode(model: nn.Module, discs: nn.ModuleDict, dls, precision: str | None, compile: bool) -> list:
+def _fast_mode(model: nn.Module, discs: nn.ModuleDict, dls, precision: str | None, compile: bool | dict) -> list:
     """Set the fast mode's memory format and compilation; return its mixed-precision callback."""
     device = getattr(dls, 'device', None)
     on_gpu = device is not None and torch.device(device).type == 'cuda'
@@ -332,5 +336,7 @@ def _fast_mode(model: nn.Module, discs: nn.ModuleDict, dls, precision: str | Non
     model.to(memory_format=torch.channels_last)
     discs.to(memory_format=torch.channels_last)
     if compile:
-        model.compile()
+        if not hasattr(model, 'compile_parts'):
+            raise ValueError('compile=True needs a DADA model (its parts are compiled, not the whole)')
+        model.compile_parts(**(compile if isinstance(compile, dict) else {}))
     return [DeviceMixedPrecision(amp_mode=precision)] if precision != 'fp32' else []

@@ -175,6 +175,8 @@ class DADA(nn.Module):
         return self.depth is not None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if type(x) is not torch.Tensor:  # fastai's TensorImage & co.: compiled parts need a plain tensor
+            x = x.as_subclass(torch.Tensor)
         feats = self.backbone(x)[-1]
         if getattr(self.backbone, 'output_fmt', 'NCHW') == 'NHWC':  # e.g. Swin, MambaOut feature maps
             feats = feats.permute(0, 3, 1, 2)
@@ -188,6 +190,14 @@ class DADA(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         """Modules trained at 10x the backbone's learning rate in the reference recipe."""
         return [m for m in (self.classifier, self.depth) if m is not None]
+
+    def compile_parts(self, **kwargs) -> DADA:
+        """`torch.compile` the backbone, the depth block and the classifier in place (`forward` itself stays
+        eager: it hands them plain tensors, which compiled code needs)."""
+        for m in (self.backbone, self.depth, self.classifier):
+            if m is not None:
+                m.compile(**kwargs)
+        return self
 
 
 def freeze_bn_affine(module: nn.Module) -> nn.Module:

@@ -118,6 +118,8 @@ def test_list_presets(capsys):
     (['train', '--config', 'no_such_preset'], 'synthia2cityscapes_dada'),
     (['train', '--device', 'cuda:0', '--iters', '1'], 'CUDA is not available'),
     (['train', '--source-size', '12by40'], 'HxW'),
+    (['train', '--precision', 'bf16'], 'add --mode fast'),
+    (['train', '--compile'], 'add --mode fast'),
     (['evaluate', '/nonexistent/run'], 'not found'),
     (['predict', '/nonexistent/run', 'x.png'], 'not found'),
 ])

@@ -128,3 +128,79 @@ def test_tf32_is_off_in_faithful_mode_and_restored_after(pair, mode, tf32):
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (not tf32, not tf32)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _fp16_learner(pair, cbs=()):
+    torch.manual_seed(0)
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    return dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp16', lr=5e-3,
+                        cbs=list(cbs))
+
+
+def test_fast_fp16_with_its_gradient_scaler_stays_close_to_faithful(pair):
+    faithful = _terms_after_steps(pair, 'faithful', None)
+    learn = _fp16_learner(pair)
+    d0 = [p.detach().clone() for p in learn.dada.discriminators.parameters()]
+    learn.fit_iters(4, schedule='poly')
+    assert not torch.is_autocast_enabled('cpu')
+    assert any(not torch.equal(a, b) for a, b in zip(d0, learn.dada.discriminators.parameters()))  # D stepped
+    for k, t in learn.dada.terms.items():
+        assert t.value == pytest.approx(faithful['terms'][k], rel=3e-2), k
+
+
+def test_fp16_discriminator_overflow_skips_its_step_and_lowers_the_scale(pair):
+    """An overflow in the discriminators' scaled gradients skips their step (not the segmenter's, whose
+    gradients are finite) and makes the shared scaler back off."""
+    from fastai.callback.core import Callback
+
+    class Watch(Callback):
+        order = 99  # after DADATrainer's and MixedPrecision's after_step
+
+        def before_fit(self):
+            self.scales, self.d_params, self.seg_params = [], [], []
+
+        def after_step(self):
+            self.scales.append(self.learn.scaler.get_scale())
+            self.d_params.append([p.detach().clone() for p in self.learn.dada.discriminators.parameters()])
+            self.seg_params.append(self.learn.model.classifier.convs[0].weight.detach().clone())
+
+    watch = Watch()
+    learn = _fp16_learner(pair, cbs=[watch])
+    d0 = [p.detach().clone() for p in learn.dada.discriminators.parameters()]
+    seg0 = learn.model.classifier.convs[0].weight.detach().clone()
+    first = next(learn.dada.discriminators.parameters())
+    calls = []
+
+    def overflow_once(grad):
+        calls.append(1)
+        return grad * float('inf') if len(calls) == 1 else grad  # fast mode: one D backward per iteration
+
+    first.register_hook(overflow_once)
+    learn.fit_iters(2, schedule='constant')
+    assert all(torch.equal(a, b) for a, b in zip(d0, watch.d_params[0]))  # D's first step skipped
+    assert not torch.equal(seg0, watch.seg_params[0])  # the segmenter stepped
+    assert watch.scales[0] < 65536.0  # the scale backed off after the overflow
+    assert any(not torch.equal(a, b) for a, b in zip(watch.d_params[0], watch.d_params[1]))  # then D steps
+
+
+def test_compiled_fast_mode_computes_what_eager_fast_mode_does(pair):
+    """`compile` (here through AOT autograd without code generation, to keep the test quick) trains on
+    fastai's tensor subclasses and gives the eager losses and weights."""
+    eager = _terms_after_steps(pair, 'fast', 'fp32', steps=2)
+    torch.manual_seed(0)
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp32', lr=5e-3,
+                         compile={'backend': 'aot_eager'})
+    learn.fit_iters(2, schedule='poly')
+    assert hasattr(learn.model.backbone, '_compiled_call_impl') and learn.model.backbone._compiled_call_impl
+    for k, t in learn.dada.terms.items():
+        assert t.value == pytest.approx(eager['terms'][k], rel=1e-4), k
+    params = torch.cat([p.detach().flatten() for p in learn.model.parameters()])
+    assert_close(params, eager['params'], rtol=1e-4, atol=1e-6)
+
+
+def test_precision_and_compile_need_the_fast_mode(pair):
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    for kwargs in ({'precision': 'bf16'}, {'compile': True}):
+        with pytest.raises(ValueError, match='mode="fast"'):
+            dada_learner(dls, 'dada', arch='test_resnet', ndf=8, **kwargs)
