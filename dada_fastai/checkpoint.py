@@ -47,20 +47,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    return {'torch': torch.get_rng_state(), 'numpy_keys': torch.from_numpy(np_state[1].astype(np.int64)),
-            'numpy_pos': int(np_state[2]), 'python': list(random.getstate()[1]),
-            'python_version': int(random.getstate()[0]),
-            'python_gauss': random.getstate()[2]}
+    state = {'torch': torch.get_rng_state(), 'numpy_keys': torch.from_numpy(np_state[1].astype(np.int64)),
+             'numpy_pos': int(np_state[2]), 'python': list(random.getstate()[1]),
+             'python_version': int(random.getstate()[0]),
+             'python_gauss': random.getstate()[2]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
+    if state.get('cuda') and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
     np.random.set_state(('MT19937', state['numpy_keys'].numpy().astype(np.uint32), state['numpy_pos'], 0, 0.))
     random.setstate((state['python_version'], tuple(state['python']), state['python_gauss']))
 
 
-def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config: dict | None = None) -> dict:
-    """Everything needed to continue a run exactly: weights, both optimizers, position, RNG states."""
+def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config: dict | None = None,
+                   scaler=None) -> dict:
+    """Everything needed to continue a run exactly: weights, both optimizers, position, RNG states, and fp16's
+    gradient scaler (`scaler`, default `learn.scaler`)."""
     model = getattr(learn.model, 'module', learn.model)  # unwrapped from DistributedDataParallel
     state = {'format': CHECKPOINT_FORMAT, 'model': model.state_dict(), 'iteration': iteration,
              'epoch': epoch, 'iter_in_epoch': iter_in_epoch, 'rng': _rng_state(),
@@ -70,6 +77,9 @@ def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config
         state['opt'] = learn.opt.state_dict()
     if hasattr(learn, 'dada'):
         state['dada'] = learn.dada.state_dict()
+    scaler = scaler if scaler is not None else getattr(learn, 'scaler', None)
+    if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
+        state['scaler'] = scaler.state_dict()
     return state
 
 
@@ -98,10 +108,11 @@ def _plain(obj):
     return obj
 
 
-def save_checkpoint(learn, path: str | Path, iteration: int, epoch: int = 0, iter_in_epoch: int = 0) -> Path:
+def save_checkpoint(learn, path: str | Path, iteration: int, epoch: int = 0, iter_in_epoch: int = 0,
+                    scaler=None) -> Path:
     """Write a training checkpoint atomically (the previous file stays usable if anything fails)."""
     buf = io.BytesIO()
-    torch.save(_plain(training_state(learn, iteration, epoch, iter_in_epoch)), buf)
+    torch.save(_plain(training_state(learn, iteration, epoch, iter_in_epoch, scaler=scaler)), buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -168,9 +179,14 @@ class Checkpointer(Callback):
         epoch, done = self.epoch, getattr(inner, 'skip', 0) + (self.iter + 1) * max(num_distrib(), 1)
         if self.iter + 1 >= self.n_iter:
             epoch, done = epoch + 1, 0  # the epoch is complete: resume at the next one
-        save_checkpoint(self.learn, last, self.train_iter, epoch, done)
+        save_checkpoint(self.learn, last, self.train_iter, epoch, done, scaler=self.scaler)
+
+    def before_fit(self):
+        self.scaler = None
 
     def after_batch(self):
+        # fastai's mixed precision drops its scaler before this callback's after_fit: keep a reference
+        self.scaler = getattr(self.learn, 'scaler', None) or self.scaler
         if self.training and self.every and self.train_iter % self.every == 0:
             self._save()
             self.saved_at = self.train_iter
@@ -182,7 +198,7 @@ class Checkpointer(Callback):
 
 class ResumeFrom(Callback):
     """Continue a run from a checkpoint state: the iteration counter, the epoch and the position inside
-    it (the paired DataLoader skips the batches already seen)."""
+    it (the paired DataLoader skips the batches already seen), and fp16's loss scale."""
     order = -9  # right after TrainEvalCallback resets the counters
 
     def __init__(self, state: dict):
@@ -191,8 +207,13 @@ class ResumeFrom(Callback):
     def before_fit(self):
         self.learn.train_iter = self.state['iteration']
         self.learn.pct_train = 0.
+        self.scaler_pending = 'scaler' in self.state
 
     def before_train(self):
+        scaler = getattr(self.learn, 'scaler', None)  # made by the mixed-precision callback's before_fit
+        if self.scaler_pending and scaler is not None and scaler.is_enabled():
+            scaler.load_state_dict(self.state['scaler'])
+        self.scaler_pending = False
         inner = getattr(self.dl, 'dl', self.dl)
         if self.epoch == self.state['epoch'] and hasattr(inner, 'skip'):
             inner.skip = self.state['iter_in_epoch']
