@@ -22,12 +22,13 @@ from fasttransform import ItemTransform, Transform
 from PIL import Image
 
 from .datasets import DomainDataset, Sample, image_size, open_dataset
+from .losses import IGNORE_INDEX
 from .protocols import get_protocol
 
 __all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'ReadDepth', 'SourceImageBlock',
            'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'TargetSampler', 'PairedDL', 'PairedAugment', 'ToBGR',
            'normalization', 'dada_datablock', 'target_datablock', 'dada_dataloaders', 'parse_size',
-           'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb']
+           'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb', 'resize_with_pad', 'pad_to_aspect', 'fit_to_size']
 
 PAPER_SOURCE_SIZE = (760, 1280)  # (H, W) of SYNTHIA images in the paper's recipe
 PAPER_TARGET_SIZE = (512, 1024)  # (H, W) of Cityscapes images in the paper's recipe
@@ -121,30 +122,73 @@ def encodes(self, o: PILDepth):
 # ---------------------------------------------------------------------------------------------------------
 # Readers as type transforms (the reference resizes at load: bicubic images, nearest labels and depth)
 # ---------------------------------------------------------------------------------------------------------
-def _resize(img: Image.Image, size: tuple[int, int] | None, resample: int) -> Image.Image:
+def resize_with_pad(img: Image.Image, size: tuple[int, int], resample: int, fill) -> Image.Image:
+    """The reference's Mapillary Vistas resize: scale keeping the aspect ratio until the image fits (H, W) (sizes
+    truncated as the reference does), put it at the top left and fill the rest with `fill`."""
+    h, w = size
+    iw, ih = img.size
+    new = (w, int(ih * (w / iw))) if iw / ih > w / h else (int(iw * (h / ih)), h)
+    out = Image.new(img.mode, (w, h), fill)
+    out.paste(img.resize(new, resample), (0, 0))
+    return out
+
+
+def pad_to_aspect(img: Image.Image, aspect: float, fill) -> Image.Image:
+    """Pad at the right or the bottom to the aspect ratio `aspect` (width / height), as the reference pads
+    full-resolution Vistas labels for evaluation, so they line up with `resize_with_pad`'s images."""
+    w, h = float(img.size[0]), float(img.size[1])
+    if aspect > w / h:
+        w = aspect * h
+    elif aspect < w / h:
+        h = w / aspect
+    else:
+        return img
+    out = Image.new(img.mode, (int(w), int(h)), fill)
+    out.paste(img, (0, 0))
+    return out
+
+
+def fit_to_size(img: Image.Image, size: tuple[int, int] | None, resample: int, fill, fit: str = 'stretch',
+                frame: tuple[int, int] | None = None) -> Image.Image:
+    """Bring a file's image, mask or depth to a domain's size (H, W): `fit='stretch'` resizes to it (SYNTHIA,
+    Cityscapes, folders); `fit='pad'` keeps the aspect ratio and pads (Vistas, `resize_with_pad`). With no
+    `size` (evaluation labels at full resolution) 'pad' pads to the aspect ratio of `frame`, the size the
+    image was brought to."""
+    if fit == 'pad':
+        if size is not None:
+            return img if img.size == (size[1], size[0]) else resize_with_pad(img, size, resample, fill)
+        return pad_to_aspect(img, frame[1] / frame[0], fill) if frame is not None else img
     if size is None or img.size == (size[1], size[0]):
         return img
     return img.resize((size[1], size[0]), resample)
 
 
+def _fit(item: DataItem) -> str:
+    return getattr(item.ds, 'fit', 'stretch')
+
+
 class ReadImage:
-    """DataItem -> PILImage (RGB) resized to `size` (H, W) with bicubic interpolation."""
+    """DataItem -> PILImage (RGB) brought to `size` (H, W) with bicubic interpolation (padded black where the
+    dataset keeps the aspect ratio)."""
 
     def __init__(self, size: tuple[int, int] | None):
         self.size = size
 
     def __call__(self, item: DataItem) -> PILImage:
-        return PILImage(_resize(Image.fromarray(item.ds.read_image(item.sample)), self.size, Image.BICUBIC))
+        img = Image.fromarray(item.ds.read_image(item.sample))
+        return PILImage(fit_to_size(img, self.size, Image.BICUBIC, (0, 0, 0), _fit(item)))
 
 
 class ReadMask:
-    """DataItem -> PILMask of train ids (255 ignored), resized with nearest neighbour (None keeps full size)."""
+    """DataItem -> PILMask of train ids (255 ignored), resized with nearest neighbour (None keeps full size;
+    a dataset that keeps the aspect ratio pads it, ignored, to the aspect ratio of `frame`, the images' size)."""
 
-    def __init__(self, size: tuple[int, int] | None):
-        self.size = size
+    def __init__(self, size: tuple[int, int] | None, frame: tuple[int, int] | None = None):
+        self.size, self.frame = size, frame
 
     def __call__(self, item: DataItem) -> PILMask:
-        return PILMask(_resize(Image.fromarray(item.ds.read_label(item.sample)), self.size, Image.NEAREST))
+        img = Image.fromarray(item.ds.read_label(item.sample))
+        return PILMask(fit_to_size(img, self.size, Image.NEAREST, IGNORE_INDEX, _fit(item), self.frame))
 
 
 class ReadDepth:
@@ -159,7 +203,8 @@ class ReadDepth:
         else:
             h, w = image_size(item.sample.image)
             depth = np.full((h, w), np.nan, np.float32)
-        return PILDepth(_resize(Image.fromarray(depth, mode='F'), self.size, Image.NEAREST))
+        return PILDepth(fit_to_size(Image.fromarray(depth, mode='F'), self.size, Image.NEAREST, float('nan'),
+                                    _fit(item)))
 
 
 def SourceImageBlock(size: tuple[int, int] | None) -> TransformBlock:
@@ -172,10 +217,12 @@ def TargetImageBlock(size: tuple[int, int] | None) -> TransformBlock:
     return SourceImageBlock(size)
 
 
-def MaskBlockFor(size: tuple[int, int] | None, codes: Sequence[str]) -> TransformBlock:
-    """Segmentation masks of train ids (None keeps the label's full resolution, for evaluation)."""
+def MaskBlockFor(size: tuple[int, int] | None, codes: Sequence[str], frame: tuple[int, int] | None = None) -> TransformBlock:
+    """Segmentation masks of train ids (None keeps the label's full resolution, for evaluation; `frame` is then
+    the size of the images they go with)."""
     from fastai.vision.data import AddMaskCodes
-    return TransformBlock(type_tfms=ReadMask(size), item_tfms=AddMaskCodes(codes=list(codes)), batch_tfms=IntToFloatTensor)
+    return TransformBlock(type_tfms=ReadMask(size, frame), item_tfms=AddMaskCodes(codes=list(codes)),
+                          batch_tfms=IntToFloatTensor)
 
 
 def DepthBlock(size: tuple[int, int] | None) -> TransformBlock:
@@ -410,7 +457,7 @@ def dada_datablock(targets: Sequence[DataItem], codes: Sequence[str], source_siz
 
 def target_datablock(codes: Sequence[str], target_size=PAPER_TARGET_SIZE, norm: Sequence = ()) -> DataBlock:
     """The evaluation DataBlock: target image resized to `target_size`, mask at its full resolution."""
-    return DataBlock(blocks=(TargetImageBlock(target_size), MaskBlockFor(None, codes)), n_inp=1,
+    return DataBlock(blocks=(TargetImageBlock(target_size), MaskBlockFor(None, codes, target_size)), n_inp=1,
                      splitter=_all_train, batch_tfms=list(norm))
 
 

@@ -175,6 +175,7 @@ class DomainDataset:
     kind: ClassVar[str] = ''
     layout: ClassVar[str] = ''  # the expected layout, quoted in error messages
     has_depth: bool = False
+    fit: str = 'stretch'  # how images reach a domain's size: 'stretch' (resize) or 'pad' (keep the aspect ratio)
     lut: np.ndarray
 
     def __init__(self, root: str | Path, protocol: Protocol):
@@ -372,8 +373,10 @@ class CityscapesDataset(DomainDataset):
 
 class VistasDataset(DomainDataset):
     """Mapillary Vistas v1.2 (7-class protocol only): labels index config.json's `labels`, mapped by readable name;
-    'train' -> training/, 'val' -> validation/; palette PNG labels are read by palette index."""
+    'train' -> training/, 'val' -> validation/; palette PNG labels are read by palette index. Images come in many
+    sizes and aspect ratios: as in the reference they keep their aspect ratio and are padded (`fit='pad'`)."""
     kind = 'vistas'
+    fit = 'pad'
     layout = 'expected config.json, {training,validation}/images/*.jpg and {training,validation}/labels/*.png'
     _FOLDERS = {'train': 'training', 'val': 'validation'}
 
@@ -420,11 +423,12 @@ class FolderDataset(DomainDataset):
     and depth/{split}/... matched by relative path stem. Labels map through `id_mapping` (raw id -> class name or
     train id; null or 'ignore' -> 255). Depth `{unit: m|cm|mm|synthia, inverse, scale}`: values * scale, in cm,
     give 65536 / (d_cm + 1) as SYNTHIA; 0, negative or NaN = missing (except unit 'synthia', where 0 is a depth, as in
-    SYNTHIA); `inverse: true` uses values * scale as the target."""
+    SYNTHIA); `inverse: true` uses values * scale as the target. `fit: pad` keeps the images' aspect ratio
+    (resize to fit, pad the rest, as for Vistas) instead of stretching them to the domain's size."""
     kind = 'folder'
     layout = ('expected dataset.yaml (or dataset.json), images/{train,val}/..., labels/{train,val}/... '
               '(same relative paths, .png) and optional depth/{train,val}/... (.png, .npy or .tiff)')
-    _KEYS = ('name', 'classes', 'id_mapping', 'depth')
+    _KEYS = ('name', 'classes', 'id_mapping', 'depth', 'fit')
     _DEPTH_KEYS = ('unit', 'inverse', 'scale')
     _UNITS_CM = {'m': 100.0, 'cm': 1.0, 'mm': 0.1, 'synthia': 1.0}
 
@@ -477,6 +481,9 @@ class FolderDataset(DomainDataset):
             raise DatasetError(f'{path}: id_mapping must be a mapping raw_id: class name')
         self.lut = lookup_table({self._raw_id(k, path): self._train_id(v, path) for k, v in mapping.items()})
         self._depth_config(path, config.get('depth') or {})
+        self.fit = config.get('fit', 'stretch')
+        if self.fit not in ('stretch', 'pad'):
+            raise DatasetError(f'{path}: fit must be stretch or pad, not {self.fit!r}')
 
     @staticmethod
     def _raw_id(raw: Any, path: Path) -> int:

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from .checkpoint import CheckpointError, load_inference_file
-from .data import depth_to_rgb, normalization, parse_size
+from .data import depth_to_rgb, fit_to_size, normalization, parse_size
 from .datasets import DatasetError, open_dataset, read_array, write_png
 from .learner import ConfusionMatrix, confusion_matrix, finite_mean, iou_from_confusion
-from .losses import upsample
+from .losses import IGNORE_INDEX, upsample
 from .model import DADA, REFERENCE_ARCH
 from .protocols import get_protocol
 
@@ -30,22 +31,21 @@ class LoadedModel:
         norm = meta.get('norm') or 'imagenet'
         self.norm = normalization(norm, meta.get('arch'))
 
-    def preprocess(self, rgb: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
-        """(H, W, 3) uint8 -> normalised (1, 3, h, w) float on the model's device (bicubic resize)."""
-        from PIL import Image
+    def preprocess(self, rgb: np.ndarray, size: tuple[int, int] | None, fit: str = 'stretch') -> torch.Tensor:
+        """(H, W, 3) uint8 -> normalised (1, 3, h, w) float on the model's device (bicubic resize; `fit='pad'`
+        keeps the aspect ratio and pads, as the training data of such a dataset)."""
         from fastai.vision.core import TensorImage
-        img = Image.fromarray(rgb)
-        if size is not None and img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), Image.BICUBIC)
+        img = fit_to_size(Image.fromarray(rgb), size, Image.BICUBIC, (0, 0, 0), fit)
         x = TensorImage(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255)
         for tfm in self.norm:
             x = tfm(x)
         return torch.Tensor(x).to(self.device)
 
     @torch.no_grad()
-    def __call__(self, rgb: np.ndarray, size: tuple[int, int] | None, out_size: tuple[int, int]):
+    def __call__(self, rgb: np.ndarray, size: tuple[int, int] | None, out_size: tuple[int, int],
+                 fit: str = 'stretch'):
         """(class map (H, W) uint8, inverse depth (H, W) float32 or None) at `out_size`."""
-        seg, depth = self.model(self.preprocess(rgb, size))
+        seg, depth = self.model(self.preprocess(rgb, size, fit))
         pred = upsample(seg, out_size).argmax(1)[0].to(torch.uint8).cpu().numpy()
         dep = upsample(depth, out_size)[0, 0].float().cpu().numpy() if depth is not None else None
         return pred, dep
@@ -106,12 +106,14 @@ def evaluate_model(model: str | Path, target: str | None = None, classes: int | 
     total, worse = ConfusionMatrix(proto), 0
     for s in samples:
         rgb, label = ds.read_image(s), ds.read_label(s)
+        if ds.fit == 'pad':  # padded, ignored, to the aspect ratio of the padded image (as in training)
+            label = np.asarray(fit_to_size(Image.fromarray(label), None, Image.NEAREST, IGNORE_INDEX, 'pad', size))
         lab = torch.from_numpy(label.astype(np.int64))
-        pred, _ = lm(rgb, size, label.shape)
+        pred, _ = lm(rgb, size, label.shape, ds.fit)
         cm = confusion_matrix(torch.from_numpy(pred), lab, proto.n_classes)
         total.cm += cm
         if base is not None:
-            bpred, _ = base(rgb, size, label.shape)
+            bpred, _ = base(rgb, size, label.shape, ds.fit)
             bcm = confusion_matrix(torch.from_numpy(bpred), lab, proto.n_classes)
             worse += _per_image_miou(cm.numpy()) < _per_image_miou(bcm.numpy())
     iou = iou_from_confusion(total.cm)

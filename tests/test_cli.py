@@ -152,3 +152,34 @@ def test_console_script_exit_code_and_one_line(tmp_path):
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and 'RGB/' in lines[0] and 'Traceback' not in proc.stderr
+
+
+def test_vistas_target_evaluates_as_it_validates(tmp_path, capsys):
+    """Vistas images keep their aspect ratio and are padded, in training, validation and `evaluate` alike:
+    the evaluation of the trained run gives the Learner's own validation result."""
+    from layouts import make_synthia, make_vistas
+    src = make_synthia(tmp_path / 'synthia', n=4, size=(36, 52))
+    trg = make_vistas(tmp_path / 'vistas', n_train=3, n_val=2, size=(30, 40))
+    out = tmp_path / 'run'
+    opts = tiny_options(f'synthia:{src}', f'vistas:{trg}', iters=2, target_size='32x64', out=str(out))
+    assert main(['train', *cli_args(opts)]) == 0
+    capsys.readouterr()
+    from dada_fastai.inference import LoadedModel
+    seen, call = [], LoadedModel.__call__
+
+    def spy(self, rgb, size, out_size, fit='stretch'):
+        seen.append((self.preprocess(rgb, size, fit), out_size))
+        return call(self, rgb, size, out_size, fit)
+
+    LoadedModel.__call__ = spy
+    try:
+        assert main(['evaluate', str(out), '--json']) == 0
+    finally:
+        LoadedModel.__call__ = call
+    res = json.loads(capsys.readouterr().out)
+    assert res['miou'] == pytest.approx(json.loads((out / 'results.json').read_text())['miou'])
+    # 40x30 (WxH) images into 64x32: 42x32 at the left (int(40 * 32/30)), black after; labels 30x40 padded to 30x60
+    x, out_size = seen[0]
+    assert x.shape == (1, 3, 32, 64) and tuple(out_size) == (30, 60)
+    black = x[0, :, :, 42:]
+    assert (black == black[:, :1, :1]).all() and not (x[0, :, :, 41:42] == black[:, :1, :1]).all()

@@ -168,8 +168,15 @@ def test_seven_classes_and_vistas_target(roots):
     assert np.array_equal(mask, synthia_expected(L.synthia_name(idx), classes=7)['mask'])
     x, m = dls.valid.one_batch()
     c = L.vistas_content('v000_vistas')
-    assert x.shape == (1, 3, *TRG_SIZE) and m.shape == (1, *c['label_ids'].shape)
-    assert np.array_equal(m[0].numpy(), L.expected_ids(VISTAS_TO_7, c['label_ids']))
+    # As the reference: the 30x18 (WxH) image keeps its aspect ratio into 16x8: 13x8 (int(30 * 8/18)) at the
+    # top left, black to the right; the full-resolution label is padded (ignored) to 16/8's aspect ratio: 36x18.
+    assert x.shape == (1, 3, *TRG_SIZE) and m.shape == (1, 18, 36)
+    item = dls.valid.dataset.items[0]
+    rgb = item.ds.read_image(item.sample)  # the decoded JPEG
+    assert np.array_equal(as_uint8(x[0])[:, :13], pil_resize(rgb, (8, 13), Image.BICUBIC))
+    assert (x[0, :, :, 13:] == 0).all()
+    assert np.array_equal(m[0, :, :30].numpy(), L.expected_ids(VISTAS_TO_7, c['label_ids']))
+    assert (m[0, :, 30:] == 255).all()
 
 
 def test_sparse_depth_nan_in_folder_source(roots):
@@ -196,9 +203,10 @@ def test_sparse_depth_resized_nearest_keeps_nan(roots):
     assert (finite > 0).all()
 
 
-@pytest.mark.parametrize('target,classes,label_shape', [('cityscapes', 16, (16, 32)), ('vistas', 7, (18, 30))])
+@pytest.mark.parametrize('target,classes,label_shape', [('cityscapes', 16, (16, 32)), ('vistas', 7, (18, 36))])
 def test_validation_batches(roots, target, classes, label_shape):
-    """Validation: (target image resized to the target size, mask at the label's full resolution)."""
+    """Validation: (target image brought to the target size, mask at the label's full resolution; Vistas's
+    padded to the aspect ratio of the target size, as its images are)."""
     dls = make_dls(roots, 'synthia_raw', target, classes)
     batches = list(dls.valid)
     assert len(batches) == 2

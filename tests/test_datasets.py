@@ -359,3 +359,23 @@ def test_folder_json_config_with_string_keys(tmp_path):
     s = ds.samples('train')[0]
     raw = folder_content(folder_key('train', folder_rel(ds, s, 'train')))['label_ids']
     np.testing.assert_array_equal(ds.read_label(s), expected_ids({7: 0, 26: 12}, raw))
+
+
+def test_folder_fit_pad_keeps_the_aspect_ratio(tmp_path):
+    """`fit: pad` in dataset.yaml brings images to a domain's size as Vistas does; other values are refused."""
+    from dada_fastai.data import DataItem, ReadImage, ReadMask
+    root = make_folder(tmp_path / 'folder', size=(20, 30))
+    config = root / 'dataset.yaml'
+    assert open_dataset('folder', root, 16).fit == 'stretch'
+    config.write_text(config.read_text() + 'fit: pad\n')
+    ds = open_dataset('folder', root, 16)
+    assert ds.fit == 'pad'
+    s = ds.samples('val')[0]
+    img = np.asarray(ReadImage((20, 60))(DataItem(ds, s)))  # 30x20 into 60x20: 30x20 at the left, black after
+    assert img.shape == (20, 60, 3) and (img[:, 30:] == 0).all()
+    assert np.array_equal(img[:, :30], ds.read_image(s))
+    mask = np.asarray(ReadMask(None, frame=(10, 30))(DataItem(ds, s)))  # full resolution, padded to 3:1
+    assert mask.shape == (20, 60) and (mask[:, 30:] == 255).all()
+    assert np.array_equal(mask[:, :30], ds.read_label(s))
+    config.write_text(config.read_text().replace('fit: pad', 'fit: crop'))
+    assert 'fit must be stretch or pad' in raises_one_line(config, open_dataset, 'folder', root, 16)
