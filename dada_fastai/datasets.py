@@ -177,6 +177,7 @@ class DomainDataset:
     has_depth: bool = False
     fit: str = 'stretch'  # how images reach a domain's size: 'stretch' (resize) or 'pad' (keep the aspect ratio)
     lut: np.ndarray
+    defined_ids: Sequence[int] = ()  # the raw label ids the format defines (void and unused classes included)
 
     def __init__(self, root: str | Path, protocol: Protocol):
         self.root, self.protocol = Path(root).expanduser(), protocol
@@ -288,6 +289,7 @@ class SynthiaDataset(DomainDataset):
         if not (r / 'RGB').is_dir():
             raise DatasetError(f'SYNTHIA images not found: missing {r / "RGB"}; {self.layout}')
         self.lut = lookup_table(self.protocol.synthia)
+        self.defined_ids = range(23)  # SYNTHIA-RAND-CITYSCAPES: 0 void ... 22 lanemarking
 
     def _split_dir(self, split: str) -> Path:
         return self.root / 'RGB'
@@ -346,6 +348,7 @@ class CityscapesDataset(DomainDataset):
             raise DatasetError(f'Cityscapes images not found: missing {self.root / "leftImg8bit"}; {self.layout}')
         self.has_depth = (self.root / 'disparity').is_dir()
         self.lut = lookup_table(self.protocol.cityscapes)
+        self.defined_ids = range(34)  # labelIds 0 (unlabeled) ... 33 (bicycle)
 
     def _split_dir(self, split: str) -> Path:
         return self.root / 'leftImg8bit' / split
@@ -399,6 +402,7 @@ class VistasDataset(DomainDataset):
                                f'with a "labels" list of entries with "readable" names') from None
         vistas = self.protocol.vistas
         self.lut = lookup_table({i: vistas[name] for i, name in enumerate(names) if name in vistas})
+        self.defined_ids = range(len(names))
 
     def _split_dir(self, split: str) -> Path:
         return self.root / self._FOLDERS[split] / 'images'
@@ -480,6 +484,7 @@ class FolderDataset(DomainDataset):
         if not isinstance(mapping, dict):
             raise DatasetError(f'{path}: id_mapping must be a mapping raw_id: class name')
         self.lut = lookup_table({self._raw_id(k, path): self._train_id(v, path) for k, v in mapping.items()})
+        self.defined_ids = sorted({self._raw_id(k, path) for k in mapping})  # ignored ones named there too
         self._depth_config(path, config.get('depth') or {})
         self.fit = config.get('fit', 'stretch')
         if self.fit not in ('stretch', 'pad'):

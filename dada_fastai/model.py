@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -70,6 +72,8 @@ def create_backbone(arch: str = 'resnet101', pretrained: bool = False, output_st
         raise WeightsError(f'{REFERENCE_ARCH!r} has no downloadable weights: pass the reference ImageNet '
                            'initialisation with --weights FILE (DeepLab_resnet_pretrained_imagenet.pth), or train '
                            'from scratch with --no-pretrained')
+    if pretrained:
+        _check_weights_reachable(arch, kwargs.get('pretrained_cfg_overlay'))
     kw = dict(features_only=True, out_indices=(-1,), pretrained=pretrained, **kwargs)
     if arch == REFERENCE_ARCH:
         kw['out_indices'] = (4,)
@@ -99,6 +103,40 @@ def create_backbone(arch: str = 'resnet101', pretrained: bool = False, output_st
     if weights is not None:
         _load_backbone_file(model, weights)
     return model
+
+
+def _check_weights_reachable(arch: str, overlay: dict | None = None, timeout: float = 3.0) -> None:
+    """Fail at once, with what to do, when timm's pretrained weights for `arch` are neither in the local
+    cache nor reachable (offline machine): timm would otherwise retry for about a minute."""
+    try:
+        cfg = timm.get_pretrained_cfg(arch)
+    except Exception:
+        return  # unknown here: let timm report it
+    if cfg is None:
+        return
+    hub_id, url = (overlay or {}).get('hf_hub_id', cfg.hf_hub_id), (overlay or {}).get('url', cfg.url)
+    from huggingface_hub import constants, try_to_load_from_cache
+    if hub_id:
+        if any(isinstance(try_to_load_from_cache(hub_id, f), str)
+               for f in ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')):
+            return
+        offline, host = constants.HF_HUB_OFFLINE, urlparse(constants.ENDPOINT).hostname
+    elif url:
+        if (Path(torch.hub.get_dir()) / 'checkpoints' / Path(urlparse(url).path).name).is_file():
+            return
+        offline, host = False, urlparse(url).hostname
+    else:
+        return  # no published weights: timm says so
+    reason = 'HF_HUB_OFFLINE is set' if offline else None
+    if reason is None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError as e:
+            reason = f'{host} is unreachable ({e.strerror or type(e).__name__})'
+    raise WeightsError(f'cannot download pretrained weights for {arch!r}: {reason} and they are not in the local '
+                       'cache; pass a local file with --weights FILE (a timm checkpoint or the reference .pth), '
+                       'or train from scratch with --no-pretrained')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -326,15 +364,17 @@ def load_official_state_dict(model: DADA, state_dict: Mapping[str, torch.Tensor]
     unexpected = sorted(set(ours) - set(target))
     shape = sorted(k for k in set(ours) & set(target) if ours[k].shape != target[k].shape)
     if missing or unexpected or shape:
+        ref = reference_name  # messages name keys as the file does (`enc4_2.weight`, not `depth.enc2.weight`)
         parts = []
         if missing:
-            parts.append(f'missing {len(missing)} keys: {_short(missing)}')
+            parts.append(f'missing {len(missing)} keys: {_short([ref(k) for k in missing])}')
         if unexpected:
-            parts.append(f'unexpected {len(unexpected)} keys: {_short(unexpected)}')
+            parts.append(f'unexpected {len(unexpected)} keys: {_short([ref(k) for k in unexpected])}')
         if shape:
-            parts.append('shape mismatch: ' + _short([f'{k} {tuple(ours[k].shape)} vs {tuple(target[k].shape)}'
+            parts.append('shape mismatch: ' + _short([f'{ref(k)} {tuple(ours[k].shape)} vs {tuple(target[k].shape)}'
                                                       for k in shape]))
-        raise WeightsError('reference state dict does not fit the model (' + '; '.join(parts) + ')')
+        raise WeightsError('reference state dict does not fit the model (keys as the reference names them: '
+                           + '; '.join(parts) + ')')
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in ours.items()}, strict=not is_backbone_init)
     return model
 

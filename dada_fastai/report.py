@@ -18,14 +18,19 @@ _N_IDS = 65536  # raw label ids are 8- or 16-bit
 
 
 def _label_stats(ds: DomainDataset, samples: list[Sample]) -> dict[str, Any]:
-    """Pixels per class, ignored pixels and the raw ids without a class (those mapped to 255), with counts."""
+    """Pixels per class, ignored pixels, the raw ids without a class (those mapped to 255: void and classes
+    the protocol leaves out) and, among them, the ids the dataset's format does not define at all (a sign of
+    a wrong layout or mapping), with counts."""
     counts = np.zeros(_N_IDS, np.int64)
     for s in samples:
         counts += np.bincount(ds.read_raw_label(s).ravel(), minlength=_N_IDS)
     ignored = ds.lut == 255
+    undefined = np.ones(_N_IDS, bool)
+    undefined[list(ds.defined_ids)] = False
     return {'class_pixels': {name: int(counts[ds.lut == i].sum()) for i, name in enumerate(ds.protocol.classes)},
             'ignored_pixels': int(counts[ignored].sum()),
-            'unmapped_ids': {str(i): int(counts[i]) for i in np.flatnonzero(ignored & (counts > 0))}}
+            'unmapped_ids': {str(i): int(counts[i]) for i in np.flatnonzero(ignored & (counts > 0))},
+            'undefined_ids': {str(i): int(counts[i]) for i in np.flatnonzero(undefined & (counts > 0))}}
 
 
 def _depth_stats(ds: DomainDataset, samples: list[Sample]) -> dict[str, float | None]:
@@ -60,13 +65,15 @@ def _percent(n: int, total: int) -> str:
 
 
 def _unmapped_line(name: str, stats: dict[str, Any], top: int = 8) -> str | None:
-    """A warning naming the most frequent raw ids without a class, or None when there are none."""
-    ids = sorted(stats['unmapped_ids'].items(), key=lambda kv: -kv[1])
+    """A warning naming the most frequent raw ids that the format does not define (ignored in training and
+    evaluation), or None when there are none. Void and left-out classes are expected: no warning for them."""
+    ids = sorted(stats['undefined_ids'].items(), key=lambda kv: -kv[1])
     if not ids:
         return None
     total = sum(stats['class_pixels'].values()) + stats['ignored_pixels']
     shown = ', '.join(f'{i} ({_percent(n, total)})' for i, n in ids[:top]) + (', ...' if len(ids) > top else '')
-    return f'[yellow]warning:[/] {name}: {len(ids)} raw ids have no class and are ignored: {shown}'
+    return (f'[yellow]warning:[/] {name}: {len(ids)} raw label ids are not defined by this layout and are '
+            f'ignored: {shown}; check the dataset kind (or id_mapping for a folder)')
 
 
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:

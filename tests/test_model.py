@@ -343,7 +343,7 @@ def test_advent_snapshot_loads_into_plain_deeplab():
     src.eval(), dst.eval()
     with torch.no_grad():
         assert torch.equal(dst(x)[0], src(x)[0])
-    with pytest.raises(WeightsError, match=r'missing 8 keys: .*depth\.dec\.bias'):
+    with pytest.raises(WeightsError, match=r'missing 8 keys: .*dec4\.bias'):
         load_official_state_dict(official_deeplabv2_depth(4, layers=SMALL), sd)
 
 
@@ -355,7 +355,7 @@ def test_mismatched_snapshot_raises_and_leaves_the_model_untouched():
     with pytest.raises(WeightsError) as err:
         load_official_state_dict(dst, sd19)
     msg = str(err.value)
-    assert 'shape mismatch' in msg and 'classifier.convs.0.weight (19, 2048, 3, 3) vs (16, 2048, 3, 3)' in msg
+    assert 'shape mismatch' in msg and 'layer6.conv2d_list.0.weight (19, 2048, 3, 3) vs (16, 2048, 3, 3)' in msg
     assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
 
     sd = _ref_state(official_deeplabv2_depth(16, layers=SMALL))
@@ -364,8 +364,8 @@ def test_mismatched_snapshot_raises_and_leaves_the_model_untouched():
     with pytest.raises(WeightsError) as err:
         load_official_state_dict(dst, sd)
     msg = str(err.value)
-    assert 'missing 1 keys: depth.enc2.weight' in msg
-    assert 'unexpected 1 keys: backbone.layer7.weight' in msg
+    assert 'missing 1 keys: enc4_2.weight' in msg  # named as in the file
+    assert 'unexpected 1 keys: layer7.weight' in msg
     assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
 
 
@@ -488,13 +488,27 @@ def _check_offline_message(err, arch):
     assert repr(arch) in msg and '--weights' in msg and '--no-pretrained' in msg and '\n' not in msg, msg
 
 
+@pytest.fixture
+def reachable(monkeypatch):
+    """The weights' host answers (then the download itself fails in the tests below)."""
+    import socket
+    probes = []
+
+    class _Conn:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(socket, 'create_connection', lambda addr, timeout=None: probes.append(addr) or _Conn())
+    return probes
+
+
 @pytest.mark.parametrize('error', [
     LocalEntryNotFoundError('offline and not in the cache'),  # what huggingface_hub raises without a network
     OfflineModeIsEnabled('HF_HUB_OFFLINE=1'),
     ConnectionError('Name or service not known'),
     OSError('network unreachable'),
 ])
-def test_pretrained_offline_from_the_hub(monkeypatch, error):
+def test_pretrained_offline_from_the_hub(monkeypatch, reachable, error):
     calls = []
 
     def offline(*args, **kwargs):
@@ -509,7 +523,7 @@ def test_pretrained_offline_from_the_hub(monkeypatch, error):
         DADA(3, arch='test_resnet', pretrained=True)
 
 
-def test_pretrained_offline_from_a_url(monkeypatch):
+def test_pretrained_offline_from_a_url(monkeypatch, reachable):
     calls = []
 
     def offline(url, *args, **kwargs):
@@ -521,6 +535,48 @@ def test_pretrained_offline_from_a_url(monkeypatch):
                         pretrained_cfg_overlay=dict(hf_hub_id=None, url='https://weights.invalid/test_resnet.pth'))
     assert calls == ['https://weights.invalid/test_resnet.pth']
     _check_offline_message(err, 'test_resnet')
+
+
+def test_unreachable_hub_fails_at_once_without_retrying(monkeypatch):
+    """No cached weights and no route to the hub (or HF_HUB_OFFLINE): one clear error before any download."""
+    import socket
+    from huggingface_hub import constants
+
+    def unreachable(addr, timeout=None):
+        raise OSError(-2, 'Name or service not known')
+
+    def download(*args, **kwargs):
+        raise AssertionError('the download was attempted')
+    monkeypatch.setattr(socket, 'create_connection', unreachable)
+    monkeypatch.setattr(timm_hub, 'hf_hub_download', download)
+    with pytest.raises(WeightsError) as err:
+        create_backbone('test_resnet', pretrained=True)
+    _check_offline_message(err, 'test_resnet')
+    assert 'huggingface.co is unreachable (Name or service not known)' in str(err.value)
+    with pytest.raises(WeightsError) as err:
+        create_backbone('test_resnet', pretrained=True,
+                        pretrained_cfg_overlay=dict(hf_hub_id=None, url='https://weights.invalid/test_resnet.pth'))
+    assert 'weights.invalid is unreachable' in str(err.value)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(WeightsError, match='HF_HUB_OFFLINE is set'):
+        create_backbone('test_resnet', pretrained=True)
+
+
+def test_cached_weights_need_no_network(monkeypatch, tmp_path):
+    """Weights in the local cache: no probe of the network; timm loads them."""
+    import socket
+    import huggingface_hub
+    cached = tmp_path / 'model.safetensors'
+    save_file(timm.create_model('test_resnet').state_dict(), str(cached))
+
+    def unreachable(addr, timeout=None):
+        raise AssertionError('the network was probed although the weights are cached')
+    monkeypatch.setattr(socket, 'create_connection', unreachable)
+    monkeypatch.setattr(huggingface_hub, 'try_to_load_from_cache',
+                        lambda repo, name, **kw: str(cached) if name == 'model.safetensors' else None)
+    monkeypatch.setattr(timm_hub, 'hf_hub_download', lambda *a, **kw: str(cached))
+    backbone = create_backbone('test_resnet', pretrained=True)
+    assert backbone.feature_info.channels()[-1] > 0
 
 
 def test_pretrained_without_published_weights():

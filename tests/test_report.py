@@ -42,6 +42,9 @@ def test_report_synthia_to_cityscapes(tmp_path):
     expected = expected_stats([c['class_ids'] for c in content], SYNTHIA_TO_16, CLASSES16)
     assert {k: source[k] for k in expected} == expected
     assert '40' in source['unmapped_ids'] and '0' in source['unmapped_ids']
+    # 0 is SYNTHIA's void (defined, ignored as expected); 40 is no SYNTHIA id at all
+    assert source['undefined_ids'] == {k: n for k, n in source['unmapped_ids'].items() if int(k) > 22}
+    assert '40' in source['undefined_ids'] and '0' not in source['undefined_ids']
     depth = np.concatenate([c['depth'].ravel() for c in content]).astype(np.float64)
     assert source['depth']['min'] == pytest.approx(65536 / (depth.max() + 1))
     assert source['depth']['max'] == pytest.approx(65536 / (depth.min() + 1))
@@ -50,7 +53,14 @@ def test_report_synthia_to_cityscapes(tmp_path):
     val_labels = [cityscapes_content(stem)['label_ids'] for stem in ('aachen_000000_000019', 'bochum_000001_000019')]
     expected_val = expected_stats(val_labels, CITYSCAPES_TO_16, CLASSES16)
     assert {k: report['target_val'][k] for k in expected_val} == expected_val
+    assert report['target_val']['undefined_ids'] == {k: n for k, n in expected_val['unmapped_ids'].items()
+                                                     if int(k) > 33}
     assert report['target_val']['items'] == 2
+    console = Console(file=io.StringIO(), width=400, record=True)
+    print_report(report, console)
+    warnings = [line for line in console.export_text().splitlines() if 'warning' in line]
+    assert len(warnings) == 1 and warnings[0].startswith('warning: source:') and '40 (' in warnings[0]
+    assert ' 0 (' not in warnings[0]
 
 
 def test_report_folder_to_vistas_with_sparse_depth(tmp_path):
@@ -65,6 +75,8 @@ def test_report_folder_to_vistas_with_sparse_depth(tmp_path):
     expected = expected_stats([c['label_ids'] for c in content], train_ids, CLASSES7)
     assert {k: report['source'][k] for k in expected} == expected
     assert report['source']['unmapped_ids']['99'] > 0  # in no mapping
+    assert report['source']['undefined_ids'] == {k: n for k, n in expected['unmapped_ids'].items()
+                                                 if int(k) not in mapping}  # 0: mapped to ignore, so defined
     d = np.concatenate([c['depth'].ravel() for c in content]).astype(np.float64)
     depth = report['source']['depth']
     assert depth['missing_fraction'] == pytest.approx((d == 0).mean())
@@ -74,6 +86,8 @@ def test_report_folder_to_vistas_with_sparse_depth(tmp_path):
     val_labels = [vistas_content(f'v{j:03d}_vistas')['label_ids'] for j in range(2)]
     expected_val = expected_stats(val_labels, vistas_ids, CLASSES7)
     assert {k: report['target_val'][k] for k in expected_val} == expected_val
+    assert report['target_val']['undefined_ids'] == {k: n for k, n in expected_val['unmapped_ids'].items()
+                                                     if int(k) >= len(VISTAS_LABELS)}
 
     console = Console(file=io.StringIO(), width=160, record=True)
     print_report(report, console)
