@@ -165,16 +165,19 @@ def run_one(args) -> dict:
 
 
 def _sizes(args):
+    if args.size == 'paper' or (not args.size and args.device.startswith('cuda')):
+        return PAPER_SOURCE, PAPER_TARGET
     if args.size:
-        h, w = (int(v) for v in args.size.lower().split('x'))
-        return (h, w), (h, w)
-    return (PAPER_SOURCE, PAPER_TARGET) if args.device.startswith('cuda') else ((128, 256), (128, 256))
+        sizes = [tuple(int(v) for v in part.lower().split('x')) for part in args.size.split(',')]
+        return sizes[0], sizes[-1]
+    return (128, 256), (128, 256)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--size', default=None, help='HxW of both domains (default: paper sizes on CUDA, 128x256 on CPU)')
+    p.add_argument('--size', default=None, help="HxW of both domains, or SOURCE,TARGET (HxW,HxW), or 'paper' "
+                                                "(760x1280,512x1024; the default on CUDA; 128x256 on CPU)")
     p.add_argument('--iters', type=int, default=5, help='timed iterations per configuration')
     p.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
     p.add_argument('--configs', default=None,

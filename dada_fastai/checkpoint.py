@@ -84,14 +84,15 @@ def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config
 
 
 def model_meta(learn) -> dict:
-    """What is needed to rebuild the model for inference: architecture, classes, method, normalisation."""
+    """What is needed to rebuild the model for inference: architecture, classes, method, normalisation, and
+    how the target images were brought to its input size (`fit`: 'stretch' or 'pad')."""
     cfg = getattr(learn, 'dada_config', {})
     method = cfg.get('method')
     proto = cfg.get('protocol')
     return {'arch': cfg.get('arch'), 'n_classes': proto.n_classes if proto else None,
             'depth_block': getattr(method, 'depth_block', True), 'feature_fusion': getattr(method, 'feature_fusion', True),
             'adapt': list(getattr(method, 'adapt', ())), 'norm': getattr(learn.dls, 'norm', None),
-            'layers': cfg.get('layers')}
+            'layers': cfg.get('layers'), 'fit': getattr(getattr(learn.dls, 'target_ds', None), 'fit', 'stretch')}
 
 
 def _plain(obj):

@@ -28,7 +28,8 @@ from .protocols import get_protocol
 __all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'ReadDepth', 'SourceImageBlock',
            'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'TargetSampler', 'PairedDL', 'PairedAugment', 'ToBGR',
            'normalization', 'dada_datablock', 'target_datablock', 'dada_dataloaders', 'parse_size',
-           'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb', 'resize_with_pad', 'pad_to_aspect', 'fit_to_size']
+           'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb', 'resize_with_pad', 'pad_to_aspect', 'fit_to_size',
+           'padded_content_size']
 
 PAPER_SOURCE_SIZE = (760, 1280)  # (H, W) of SYNTHIA images in the paper's recipe
 PAPER_TARGET_SIZE = (512, 1024)  # (H, W) of Cityscapes images in the paper's recipe
@@ -122,14 +123,18 @@ def encodes(self, o: PILDepth):
 # ---------------------------------------------------------------------------------------------------------
 # Readers as type transforms (the reference resizes at load: bicubic images, nearest labels and depth)
 # ---------------------------------------------------------------------------------------------------------
+def padded_content_size(image_hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) that an image of `image_hw` takes inside `size` (H, W) under `resize_with_pad`."""
+    (ih, iw), (h, w) = image_hw, size
+    return (int(ih * (w / iw)), w) if iw / ih > w / h else (h, int(iw * (h / ih)))
+
+
 def resize_with_pad(img: Image.Image, size: tuple[int, int], resample: int, fill) -> Image.Image:
     """The reference's Mapillary Vistas resize: scale keeping the aspect ratio until the image fits (H, W) (sizes
     truncated as the reference does), put it at the top left and fill the rest with `fill`."""
-    h, w = size
-    iw, ih = img.size
-    new = (w, int(ih * (w / iw))) if iw / ih > w / h else (int(iw * (h / ih)), h)
-    out = Image.new(img.mode, (w, h), fill)
-    out.paste(img.resize(new, resample), (0, 0))
+    nh, nw = padded_content_size((img.size[1], img.size[0]), size)
+    out = Image.new(img.mode, (size[1], size[0]), fill)
+    out.paste(img.resize((nw, nh), resample), (0, 0))
     return out
 
 

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from .checkpoint import CheckpointError, load_inference_file
-from .data import depth_to_rgb, fit_to_size, normalization, parse_size
+from .data import depth_to_rgb, fit_to_size, normalization, padded_content_size, parse_size
 from .datasets import DatasetError, open_dataset, read_array, write_png
 from .learner import ConfusionMatrix, confusion_matrix, finite_mean, iou_from_confusion
 from .losses import IGNORE_INDEX, upsample
@@ -49,6 +49,23 @@ class LoadedModel:
         pred = upsample(seg, out_size).argmax(1)[0].to(torch.uint8).cpu().numpy()
         dep = upsample(depth, out_size)[0, 0].float().cpu().numpy() if depth is not None else None
         return pred, dep
+
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray, size: tuple[int, int] | None):
+        """(class map, inverse depth or None) at the image's own size, the image brought to `size` as the
+        model's training target was (`meta['fit']`: stretched, or kept in aspect and padded; then the padding
+        is cut off the prediction before it is resized back)."""
+        h, w = rgb.shape[:2]
+        if self.meta.get('fit', 'stretch') != 'pad' or size is None:
+            return self(rgb, size, (h, w))
+        nh, nw = padded_content_size((h, w), size)
+        seg, depth = self.model(self.preprocess(rgb, size, 'pad'))
+        seg = upsample(upsample(seg, size)[..., :nh, :nw], (h, w))
+        pred = seg.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        if depth is None:
+            return pred, None
+        return pred, upsample(upsample(depth, size)[..., :nh, :nw], (h, w))[0, 0].float().cpu().numpy()
 
 
 def load_model(path: str | Path, device: str | torch.device = 'auto') -> LoadedModel:
@@ -153,7 +170,7 @@ def predict_files(model: str | Path, inputs, out: str | Path, size: str | None =
         if rgb.ndim == 2:
             rgb = np.stack([rgb] * 3, -1)
         rgb = np.ascontiguousarray(rgb[..., 2::-1]).astype(np.uint8)  # OpenCV's BGR(A) -> RGB
-        pred, depth = lm(rgb, size, rgb.shape[:2])
+        pred, depth = lm.predict(rgb, size)
         written.append(write_png(out / f'{f.stem}_seg.png', lm.protocol.colorize(pred)))
         if depth is not None:
             written.append(write_png(out / f'{f.stem}_depth.png', depth_to_rgb(depth)))

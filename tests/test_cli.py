@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dada_fastai.cli import main
 from e2e import cli_args, tiny_options, tiny_pair
@@ -183,3 +184,24 @@ def test_vistas_target_evaluates_as_it_validates(tmp_path, capsys):
     assert x.shape == (1, 3, 32, 64) and tuple(out_size) == (30, 60)
     black = x[0, :, :, 42:]
     assert (black == black[:, :1, :1]).all() and not (x[0, :, :, 41:42] == black[:, :1, :1]).all()
+
+    # prediction: padded as in training, the padding cut off before resizing back to the image's size
+    from dada_fastai.inference import load_model
+    lm = load_model(out)
+    assert lm.meta['fit'] == 'pad'
+
+    class Content(torch.nn.Module):
+        """Class 1 where the input is image, class 0 on the padding (the input's top-right pixel)."""
+        def forward(self, x):
+            content = (x != x[:, :, :1, -1:]).any(1, keepdim=True).float()
+            return torch.cat([1 - content, content], 1), None
+
+    lm.model = Content()
+    rgb = np.random.default_rng(0).integers(30, 255, (30, 40, 3), dtype=np.uint8)
+    pred, depth = lm.predict(rgb, (32, 64))
+    assert pred.shape == (30, 40) and (pred == 1).all() and depth is None
+    pred_dir = tmp_path / 'pred'
+    images = trg / 'validation' / 'images'
+    assert main(['predict', str(out), str(images), '--out', str(pred_dir)]) == 0
+    from dada_fastai.datasets import read_array
+    assert read_array(sorted(pred_dir.glob('*_seg.png'))[0]).shape == (30, 40, 3)
