@@ -8,6 +8,7 @@ it are skipped, so an interrupted benchmark continues where it stopped.
 
     python benchmarks/toy_gap.py                       # 4 methods x 3 seeds, the CLI's toy defaults
     python benchmarks/toy_gap.py --methods source_only,oracle --seeds 0 --iters 300
+    python benchmarks/toy_gap.py --methods source_only,dada --set lambda_adv=1e-2   # another setting
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ METHODS = {'source_only': 'S1 source only', 'advent': 'S2 AdvEnt', 'dada': 'S7 D
 
 def run_one(method: str, seed: int, args) -> dict:
     """Train one run with the toy defaults and return its target-validation results."""
-    options = dict(method='source_only' if method == 'oracle' else method, seed=seed, iters=args.iters,
-                   arch=args.arch, device=args.device)
+    options = dict(args.overrides, method='source_only' if method == 'oracle' else method, seed=seed,
+                   iters=args.iters, arch=args.arch, device=args.device)
     if args.size:
         options.update(source_size=args.size, target_size=args.size)
     cfg = resolve_config(**options)  # no source/target: the built-in toy defaults
@@ -52,12 +53,31 @@ def run_one(method: str, seed: int, args) -> dict:
         learn.fit_iters(cfg.iters, lr=cfg.lr, schedule=cfg.schedule)
         res = learn.evaluate()
     return dict(method=method, seed=seed, iters=cfg.iters, arch=cfg.arch, size=cfg.source_size,
-                toy=config_key(toy), miou=res['miou'], per_class=res['per_class'],
-                seconds=round(time.time() - started, 1))
+                toy=config_key(toy), overrides=_overrides_key(args.overrides), miou=res['miou'],
+                per_class=res['per_class'], seconds=round(time.time() - started, 1))
+
+
+def _overrides_key(overrides: dict) -> str:
+    return ','.join(f'{k}={v}' for k, v in sorted(overrides.items()))
 
 
 def _key(r: dict) -> tuple:
-    return r['method'], r['seed'], r['iters'], r['arch'], r['size'], r['toy']
+    return r['method'], r['seed'], r['iters'], r['arch'], r['size'], r['toy'], r.get('overrides', '')
+
+
+def _parse_set(items: list[str]) -> dict:
+    """['lambda_adv=1e-2', ...] -> {'lambda_adv': 0.01}: training options (TrainConfig fields), YAML values."""
+    import yaml
+    from dada_fastai.config import TrainConfig
+    known = set(TrainConfig.__dataclass_fields__)
+    out = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        key = key.strip().replace('-', '_')
+        if not sep or key not in known:
+            raise SystemExit(f'toy_gap: --set {item!r}: expected OPTION=VALUE with OPTION among {", ".join(sorted(known))}')
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def table(results: list[dict], methods: list[str], seeds: list[int], title: str):
@@ -95,7 +115,10 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--json', default='toy_gap.json', help='per-run results, appended as runs finish')
     p.add_argument('--verbose', action='store_true', help="print fastai's per-epoch table")
+    p.add_argument('--set', action='append', default=[], metavar='OPTION=VALUE',
+                   help='another training option for every run (e.g. lambda_adv=1e-2); repeatable')
     args = p.parse_args(argv)
+    args.overrides = _parse_set(args.set)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -115,7 +138,7 @@ def main(argv=None):
     started = time.time()
     for seed in seeds:
         for m in methods:
-            key = (m, seed, args.iters, args.arch, size, toy)
+            key = (m, seed, args.iters, args.arch, size, toy, _overrides_key(args.overrides))
             if key in done:
                 print(f'{m} seed {seed}: already in {path}, skipped', flush=True)
                 continue
@@ -123,9 +146,11 @@ def main(argv=None):
             results.append(r)
             path.write_text(json.dumps(results, indent=1))
             print(f'{m} seed {seed}: mIoU {r["miou"]:.2f} in {r["seconds"]:.0f} s', flush=True)
-    mine = [r for r in results if (r['iters'], r['arch'], r['size'], r['toy']) == (args.iters, args.arch, size, toy)]
-    title = (f'Toy pair {toy}: target-val mIoU (%), 7 classes, {args.arch}, {size}, {args.iters} iterations, '
-             f'{len(seeds)} seed(s)')
+    setting = (args.iters, args.arch, size, toy, _overrides_key(args.overrides))
+    mine = [r for r in results if _key(r)[2:] == setting]
+    extra = f', {_overrides_key(args.overrides)}' if args.overrides else ''
+    title = (f'Toy pair {toy}: target-val mIoU (%), 7 classes, {args.arch}, {size}, {args.iters} iterations'
+             f'{extra}, {len(seeds)} seed(s)')
     t, means = table(mine, methods, seeds, title)
     from rich.console import Console
     Console(width=140).print(t)

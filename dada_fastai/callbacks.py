@@ -18,7 +18,7 @@ from .losses import (Lambdas, adaptation_map, discriminator_loss, fooling_loss, 
 
 __all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'NonFiniteLoss',
            'NonFiniteGuard', 'uses_batch_statistics',
-           'Float32Precision', 'DeviceMixedPrecision', 'ThrottledProgress']
+           'Float32Precision', 'FrozenBatchNorm', 'DeviceMixedPrecision', 'ThrottledProgress']
 
 
 class TrainTerm(Metric):
@@ -122,8 +122,9 @@ class DADATrainer(Callback):
     source-only training (the target image is then ignored). `fused=True` (fast mode) computes the same
     gradients with two backward passes instead of four, holding the source and target graphs at once; with
     `joint=True` it also runs source and target through the segmenter in one forward (one batch of both)
-    whenever that computes the same thing: no normalisation layer uses batch statistics (BatchNorm frozen,
-    or none at all) and both domains come at the same size. `joined` tells whether the last batch was."""
+    whenever that computes the same thing (up to the random draws of dropout or stochastic depth, where a
+    backbone has them): no normalisation layer uses batch statistics (BatchNorm frozen, or none at all) and
+    both domains come at the same size. `joined` tells whether the last batch was."""
     order = 5
 
     @property
@@ -173,7 +174,7 @@ class DADATrainer(Callback):
         for t in self.terms.values():
             t.clear()
         self.discriminators.train()
-        # after TrainEvalCallback and BnFreeze have set the modules' modes for this epoch
+        # after TrainEvalCallback and FrozenBatchNorm have set the modules' modes for this epoch
         self.can_join = (self.fused and self.joint and bool(self.discriminators)
                          and not uses_batch_statistics(self.learn.model))
 
@@ -272,11 +273,14 @@ class DADATrainer(Callback):
     def after_step(self):
         if self.d_opt is None or not self.training:
             return
+        if not any(p.grad is not None for g in self.d_opt.param_lists for p in g):
+            return  # the iteration was skipped (non-finite loss): nothing to step
         ratio = float(self.learn.opt.hypers[0]['lr']) / self.lr_ref
         self.d_opt.set_hyper('lr', self.d_lr * ratio)
         scaler = getattr(self.learn, 'scaler', None)
-        if scaler is not None:  # skips the step when the scaled gradients overflowed
+        if scaler is not None and scaler.is_enabled():  # skips the step when the scaled gradients overflowed
             scaler.step(self.d_opt.opt)
+            self.learn.scaler_stepped = True
         else:
             self.d_opt.step()
         self.d_opt.zero_grad()
@@ -303,10 +307,28 @@ class DADATrainer(Callback):
 
 def uses_batch_statistics(model: nn.Module) -> bool:
     """Whether some normalisation layer of `model` normalises with the statistics of the batch in its current
-    mode (a BatchNorm in training mode, or one without running statistics), so that what one image gets
-    depends on the other images of the batch. LayerNorm, GroupNorm and frozen BatchNorm do not."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-               for m in model.modules())
+    mode, so that what one image gets depends on the other images of the batch: a BatchNorm (SyncBatchNorm
+    included) in training mode or without running statistics, or any other layer in training mode that keeps
+    running statistics (timm's EvoNorm-B, for instance). LayerNorm, GroupNorm and frozen BatchNorm do not."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
+            return True
+        if m.training and any(name in ('running_mean', 'running_var') for name, _ in m.named_buffers(recurse=False)):
+            return True
+    return False
+
+
+class FrozenBatchNorm(Callback):
+    """During training, BatchNorm layers whose affine parameters are frozen (or that have none) stay in eval
+    mode: they normalise with their running statistics, which stay as loaded (`bn='frozen'`). As fastai's
+    `BnFreeze`, which leaves out SyncBatchNorm (distributed training) and BatchNorm without affine parameters."""
+    order = 1  # after TrainEvalCallback puts the model in training mode, before DADATrainer looks at it
+
+    def before_train(self):
+        for m in self.learn.model.modules():
+            if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                    and not any(p.requires_grad for p in m.parameters())):
+                m.eval()
 
 
 class Float32Precision(Callback):
@@ -344,32 +366,45 @@ class NonFiniteGuard(Callback):
     `action='stop'` raises `NonFiniteLoss` naming the iteration and the term, `'skip'` drops the iteration's
     update (segmenter and discriminators) and goes on. The check reads one flag from the device per
     iteration; with `every=N` (stop only, fast mode) it reads it every N iterations and names the last
-    iteration's terms."""
-    order = 80  # before_step runs after DADATrainer's backward passes
+    iteration's terms. It runs before the mixed-precision step (which would otherwise skip an overflowing
+    fp16 step on its own, silently)."""
+    order = 9  # before MixedPrecision's before_step (10); all backward passes are done by then
 
     def __init__(self, action: str = 'stop', every: int = 1):
         if action not in ('stop', 'skip'):
             raise ValueError(f"unknown non-finite action {action!r}; valid: stop, skip")
         if action == 'skip' and every != 1:
             raise ValueError('skipping non-finite iterations needs a check at every iteration (every=1)')
-        self.action, self.every, self.skipped, self.ok = action, every, [], None
+        self.action, self.every, self.skipped, self.ok, self.since = action, every, [], None, None
+
+    def before_fit(self):
+        self.ok, self.since = None, None
 
     def before_step(self):
         terms = dict(getattr(getattr(self.learn, 'dada', None), 'batch_terms', {}) or {})
         terms.setdefault('loss', self.learn.loss.detach())
         names = list(terms)
         finite = torch.isfinite(torch.stack([terms[n].float().reshape(()) for n in names]))
-        self.ok = finite.all() if self.ok is None else self.ok & finite.all()
-        if (self.learn.train_iter + 1) % self.every:
-            return
+        if self.ok is None:
+            self.ok, self.since = finite.all(), self.learn.train_iter + 1
+        else:
+            self.ok = self.ok & finite.all()
+        if (self.learn.train_iter + 1) % self.every == 0:
+            bad = ', '.join(f'{n}={float(terms[n]):g}' for n, f in zip(names, finite.tolist()) if not f)
+            self._check(bad or 'at an earlier iteration', self.learn.train_iter + 1)
+
+    def after_train(self):  # the iterations since the last check, at the end of each epoch
+        if self.ok is not None:
+            self._check('at one of them', self.learn.train_iter)
+
+    def _check(self, bad: str, it: int) -> None:
         ok, self.ok = self.ok, None
         if bool(ok):
             return
-        bad = ', '.join(f'{n}={float(terms[n]):g}' for n, ok in zip(names, finite.tolist()) if not ok) or 'earlier'
-        it = self.learn.train_iter + 1
         if self.action == 'stop':
-            raise NonFiniteLoss(f'non-finite loss at iteration {it}: {bad}; lower the learning rate, check the '
-                                'data, or pass --on-nan skip to skip such iterations')
+            when = f'iteration {it}' if self.since in (None, it) else f'iterations {self.since}-{it}'
+            raise NonFiniteLoss(f'non-finite loss at {when}: {bad}; lower the learning rate, check the data, or '
+                                'pass --on-nan skip to skip such iterations')
         self.skipped.append(it)
         warnings.warn(f'skipping iteration {it}: non-finite loss ({bad})')
         dada = getattr(self.learn, 'dada', None)
@@ -394,6 +429,18 @@ class DeviceMixedPrecision(MixedPrecision):
         dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
         self.autocast = torch.autocast(device, dtype=dtype)
         self.learn.scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+
+    def before_batch(self):
+        self.learn.scaler_stepped = False  # set when an optimizer steps through the scaler this iteration
+        super().before_batch()
+
+    def before_step(self):
+        self.learn.scaler_stepped = True
+        super().before_step()
+
+    def after_step(self):
+        if getattr(self.learn, 'scaler_stepped', False):  # an iteration skipped before any step leaves the scale
+            super().after_step()
 
 
 class ThrottledProgress(ProgressCallback):

@@ -52,14 +52,14 @@ def _rng_state() -> dict:
              'python_version': int(random.getstate()[0]),
              'python_gauss': random.getstate()[2]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+        state['cuda'] = torch.cuda.get_rng_state()  # this process's device (rank 0's when distributed)
     return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
-    if state.get('cuda') and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if state.get('cuda') is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
     np.random.set_state(('MT19937', state['numpy_keys'].numpy().astype(np.uint32), state['numpy_pos'], 0, 0.))
     random.setstate((state['python_version'], tuple(state['python']), state['python_gauss']))
 

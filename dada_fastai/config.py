@@ -51,7 +51,7 @@ class TrainConfig:
     mode: str = 'faithful'  # faithful (float32, reference order) or fast (mixed precision, channels_last)
     precision: str | None = None  # fast mode: bf16 (default on GPU), fp16, fp32 (default on CPU)
     compile: bool = False  # torch.compile the segmenter (fast mode)
-    bn: str = 'batch'  # batch (reference: each batch's statistics) or frozen (running statistics, BnFreeze)
+    bn: str = 'batch'  # batch (reference: each batch's statistics) or frozen (running statistics, not updated)
     on_nan: str = 'stop'  # stop or skip an iteration whose loss is not finite
     deterministic: bool = False  # deterministic algorithms (slower)
     toy: dict | None = None  # ToyConfig fields for the built-in toy pair
@@ -102,9 +102,37 @@ def resolve_config(preset: str | Path | None = None, **options) -> TrainConfig:
         values = {**_toy_defaults(), **values}
     elif (values.get('source') is None) != (values.get('target') is None):
         raise ConfigError('give both --source and --target, or neither (to train on the built-in toy pair)')
+    values = {k: _coerce(k, v, preset) for k, v in values.items()}
     cfg = TrainConfig(**values)
     _check(cfg)
     return cfg
+
+
+def _coerce(name: str, value, preset) -> object:
+    """A preset's value as its option's type: YAML reads `1e-3` (no dot) as a string, and `lr: "0.01"` or
+    `iters: 1000.0` happen too. Numbers come back as numbers; what cannot is refused with the option's name."""
+    import typing
+    kind = typing.get_type_hints(TrainConfig)[name]
+    base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if typing.get_args(kind) else kind
+    if value is None or base not in (int, float, bool) or type(value) is base:
+        return value
+    where = f' in {preset}' if preset else ''
+    try:
+        if base is bool:
+            if isinstance(value, str) and value.lower() in ('true', 'yes', 'on', 'false', 'no', 'off'):
+                return value.lower() in ('true', 'yes', 'on')
+            raise ValueError
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if base is int:
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        return number
+    except (TypeError, ValueError):
+        raise ConfigError(f'{name} must be {"a" if base is not int else "an"} {base.__name__}{where}, not '
+                          f'{value!r}') from None
 
 
 def _toy_defaults() -> dict:

@@ -11,14 +11,13 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
-from fastai.callback.training import BnFreeze
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
 
-from .callbacks import (DADATrainer, DeviceMixedPrecision, Float32Precision, HeadLR, IterBudget, NonFiniteGuard,
-                        SetEpoch, ThrottledProgress, poly_decay)
+from .callbacks import (DADATrainer, DeviceMixedPrecision, Float32Precision, FrozenBatchNorm, HeadLR, IterBudget,
+                        NonFiniteGuard, SetEpoch, ThrottledProgress, poly_decay)
 from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
@@ -180,6 +179,14 @@ class DADALearner(Learner):
         i = getattr(self.dl, 'n_inp', 1 if len(b) == 1 else len(b) - 1)
         self.xb, self.yb = b[:i], b[i:]
 
+    def fit(self, *args, **kwargs):
+        try:
+            return super().fit(*args, **kwargs)
+        finally:  # fastai skips after_fit when an error ends the fit: the process's TF32 settings come back
+            for cb in self.cbs:
+                if isinstance(cb, Float32Precision):
+                    cb.after_fit()
+
     @property
     def protocol(self) -> Protocol:
         return self.dada_config['protocol']
@@ -281,7 +288,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
 
     `bn='batch'` (the reference) normalises with each training batch's statistics (BatchNorm in training
     mode, running statistics updated); `bn='frozen'` keeps the frozen-affine BatchNorm layers (all of the
-    backbone's) in eval mode (fastai's `BnFreeze`): they normalise with their running statistics, which stay
+    backbone's) in eval mode (`FrozenBatchNorm`): they normalise with their running statistics, which stay
     as loaded. It departs from the reference, and lets fast mode run source and target in one forward
     when both come at the same size."""
     cfg = method_config(method)
@@ -305,7 +312,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     if on_nan:
         extra.append(NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1))
     if bn == 'frozen':
-        extra.append(BnFreeze())
+        extra.append(FrozenBatchNorm())
     if fast:
         extra += _fast_mode(model, discs, dls, precision, compile)
     cm = ConfusionMatrix(proto)

@@ -112,25 +112,30 @@ def _check_weights_reachable(arch: str, overlay: dict | None = None, timeout: fl
         cfg = timm.get_pretrained_cfg(arch)
     except Exception:
         return  # unknown here: let timm report it
-    if cfg is None:
-        return
+    if cfg is None or (overlay or {}).get('file') or (overlay or {}).get('state_dict') is not None:
+        return  # local weights
+    import urllib.request
+    proxies = urllib.request.getproxies()
+    if proxies.get('https') or proxies.get('all'):
+        return  # through a proxy: a direct probe would tell nothing
     hub_id, url = (overlay or {}).get('hf_hub_id', cfg.hf_hub_id), (overlay or {}).get('url', cfg.url)
     from huggingface_hub import constants, try_to_load_from_cache
     if hub_id:
         if any(isinstance(try_to_load_from_cache(hub_id, f), str)
                for f in ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')):
             return
-        offline, host = constants.HF_HUB_OFFLINE, urlparse(constants.ENDPOINT).hostname
+        offline, where = constants.HF_HUB_OFFLINE, urlparse(constants.ENDPOINT)
     elif url:
         if (Path(torch.hub.get_dir()) / 'checkpoints' / Path(urlparse(url).path).name).is_file():
             return
-        offline, host = False, urlparse(url).hostname
+        offline, where = False, urlparse(url)
     else:
         return  # no published weights: timm says so
+    host, port = where.hostname, where.port or (80 if where.scheme == 'http' else 443)
     reason = 'HF_HUB_OFFLINE is set' if offline else None
     if reason is None:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             return
         except OSError as e:
             reason = f'{host} is unreachable ({e.strerror or type(e).__name__})'

@@ -62,6 +62,8 @@ def test_resume_is_bit_identical(pair, tmp_path, schedule, fast):
     if fast:
         assert load_checkpoint(tmp_path / 'cut')['scaler']['scale'] == 256.
     resumed = resume(tmp_path / 'cut')
+    if fast:  # the resumed run went on with the saved scale and growth tracker, as the uninterrupted one did
+        assert load_checkpoint(tmp_path / 'cut')['scaler'] == load_checkpoint(tmp_path / 'full')['scaler']
     a, b = _weights(tmp_path / 'full'), _weights(tmp_path / 'cut')
     assert a.keys() == b.keys()
     for k in a:

@@ -205,3 +205,16 @@ def test_vistas_target_evaluates_as_it_validates(tmp_path, capsys):
     assert main(['predict', str(out), str(images), '--out', str(pred_dir)]) == 0
     from dada_fastai.datasets import read_array
     assert read_array(sorted(pred_dir.glob('*_seg.png'))[0]).shape == (30, 40, 3)
+
+
+def test_preset_numbers_written_without_a_dot_are_numbers(tmp_path):
+    """YAML reads `1e-3` as a string: options come back as their types, or one clear error."""
+    from dada_fastai.config import ConfigError, resolve_config
+    cfg_file = tmp_path / 'run.yaml'
+    cfg_file.write_text('lambda_adv: 1e-2\nlr: 2e-3\niters: 1000.0\naugment: "yes"\n')
+    cfg = resolve_config(cfg_file)
+    assert (cfg.lambda_adv, cfg.lr, cfg.iters, cfg.augment) == (0.01, 0.002, 1000, True)
+    assert type(cfg.lambda_adv) is float and type(cfg.iters) is int
+    cfg_file.write_text('lr: fast\n')
+    with pytest.raises(ConfigError, match=f"lr must be a float in {cfg_file}, not 'fast'"):
+        resolve_config(cfg_file)

@@ -105,6 +105,24 @@ def test_uses_batch_statistics():
     assert not uses_batch_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), bn))
     assert uses_batch_statistics(nn.BatchNorm2d(4, track_running_stats=False).eval())  # always the batch's
     assert not uses_batch_statistics(nn.Sequential(nn.GroupNorm(2, 4), nn.LayerNorm(4)))
+    from timm.layers import EvoNorm2dB0, EvoNorm2dS0
+    assert uses_batch_statistics(EvoNorm2dB0(8)) and not uses_batch_statistics(EvoNorm2dB0(8).eval())
+    assert not uses_batch_statistics(EvoNorm2dS0(8))  # per-sample statistics
+
+
+def test_frozen_batchnorm_covers_sync_and_non_affine_layers():
+    """`bn='frozen'` puts every frozen BatchNorm in eval mode during training, SyncBatchNorm (distributed
+    training) and BatchNorm without affine parameters included; trainable ones stay in training mode."""
+    from dada_fastai.callbacks import FrozenBatchNorm
+    model = nn.Sequential(nn.SyncBatchNorm(4), nn.BatchNorm2d(4, affine=False), nn.BatchNorm2d(4))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    learn = type('L', (), {'model': model})()
+    cb = FrozenBatchNorm()
+    cb.learn = learn
+    model.train()
+    cb.before_train()
+    assert [m.training for m in model] == [False, False, True]
 
 
 @pytest.mark.parametrize('mode, tf32', [('faithful', False), ('fast', True)])
@@ -118,6 +136,10 @@ def test_tf32_is_off_in_faithful_mode_and_restored_after(pair, mode, tf32):
         def after_batch(self):
             seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
 
+    class Interrupt(Callback):
+        def before_batch(self):
+            raise RuntimeError('interrupted')
+
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = (not tf32), (not tf32)
     try:
@@ -125,6 +147,9 @@ def test_tf32_is_off_in_faithful_mode_and_restored_after(pair, mode, tf32):
         learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode=mode, precision='fp32', cbs=[Flags()])
         learn.fit_iters(1)
         assert seen and all(s == (tf32, tf32) for s in seen)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (not tf32, not tf32)
+        with pytest.raises(RuntimeError, match='interrupted'):  # also when an error ends the fit
+            learn.fit_iters(1, cbs=[Interrupt()])
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (not tf32, not tf32)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
@@ -204,3 +229,43 @@ def test_precision_and_compile_need_the_fast_mode(pair):
     for kwargs in ({'precision': 'bf16'}, {'compile': True}):
         with pytest.raises(ValueError, match='mode="fast"'):
             dada_learner(dls, 'dada', arch='test_resnet', ndf=8, **kwargs)
+
+
+class _Poison:
+    """A callback factory: NaN loss at the second iteration (after DADATrainer has added its terms)."""
+
+    @staticmethod
+    def make():
+        from fastai.callback.core import Callback
+
+        class Poison(Callback):
+            order = 6
+
+            def after_loss(self):
+                if self.training and self.train_iter == 1:
+                    self.learn.loss_grad = self.loss_grad * float('nan')
+                    self.learn.loss = self.loss * float('nan')
+        return Poison()
+
+
+def test_fp16_non_finite_loss_stops_even_between_checks(pair):
+    """fp16's scaler would skip the overflowing step silently, and fast mode reads the flag every 50
+    iterations only: the check still stops the run, at the latest at the end of the epoch."""
+    from dada_fastai.callbacks import NonFiniteLoss
+    learn = _fp16_learner(pair, cbs=[_Poison.make()])
+    assert learn.non_finite_guard.every == 50
+    with pytest.raises(NonFiniteLoss, match='iterations 1-2'):
+        learn.fit_iters(3, schedule='constant')
+
+
+def test_fp16_non_finite_loss_skipped(pair):
+    """Skipping in fp16: neither optimizer steps on the poisoned iteration, the loss scale is left as it
+    was, and training goes on with finite weights."""
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp16', lr=5e-3,
+                         on_nan='skip', cbs=[_Poison.make()])
+    with pytest.warns(UserWarning, match='skipping iteration 2'):
+        learn.fit_iters(3, schedule='constant')
+    assert learn.non_finite_guard.skipped == [2]
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+    assert all(torch.isfinite(p).all() for p in learn.dada.discriminators.parameters())

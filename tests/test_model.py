@@ -560,6 +560,10 @@ def test_unreachable_hub_fails_at_once_without_retrying(monkeypatch):
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(WeightsError, match='HF_HUB_OFFLINE is set'):
         create_backbone('test_resnet', pretrained=True)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setenv('HTTPS_PROXY', 'http://proxy.invalid:3128')  # a proxy: no probe, timm's own error
+    with pytest.raises(AssertionError, match='the download was attempted'):
+        create_backbone('test_resnet', pretrained=True)
 
 
 def test_cached_weights_need_no_network(monkeypatch, tmp_path):
