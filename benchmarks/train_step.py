@@ -4,12 +4,12 @@ description) against our fastai Learner in faithful and fast mode, side by side.
     python benchmarks/train_step.py --device cpu --size 128x256 --iters 5     # about a minute on CPU
     python benchmarks/train_step.py --device cuda --iters 50                  # paper sizes on a GPU
 
-The plain loop and the faithful mode run in IEEE float32 (TF32 off), as the reference did. Each configuration
-runs in its own process (clean peak memory). Data are fixed in-memory batches on the device, so the figures are
-those of the training step itself. The last line is `faithful/plain=R1 fast/plain=R2` (ratios of iterations per
-second). `--configs` also takes `plain-tf32` (the plain loop with PyTorch's default TF32 convolutions on CUDA; on
-CUDA it runs by default), `faithful-frozen-bn` and `fast-frozen-bn` (BatchNorm frozen: not the reference's
-computation; in fast mode equal sizes then let source and target share one forward).
+The plain loop and the faithful mode run in IEEE float32 (TF32 off) with cuDNN's autotuner on, as the reference
+did. Each configuration runs in its own process (clean peak memory). Data are fixed in-memory batches on the
+device, so the figures are those of the training step itself. The last line is `faithful/plain=R1 fast/plain=R2`
+(ratios of iterations per second). `--configs` also takes `plain-tf32` (the plain loop with PyTorch's default TF32
+convolutions on CUDA; on CUDA it runs by default), `faithful-frozen-bn` and `fast-frozen-bn` (BatchNorm frozen:
+not the reference's computation; in fast mode equal sizes then let source and target share one forward).
 """
 from __future__ import annotations
 
@@ -153,6 +153,7 @@ def run_one(args) -> dict:
         # the reference computed in IEEE float32; 'plain-tf32' is PyTorch's default (TF32 convolutions on CUDA)
         tf32 = args.only == 'plain-tf32'
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True  # as the reference's training script
         secs = plain_loop(model, Discriminator(N_CLASSES).to(device), batch, args.iters, args.warmup)
     else:
         mode, _, bn = args.only.partition('-')  # e.g. 'fast-frozen-bn': fast mode, BatchNorm frozen

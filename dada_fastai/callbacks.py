@@ -18,7 +18,7 @@ from .losses import (Lambdas, adaptation_map, discriminator_loss, fooling_loss, 
 
 __all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'NonFiniteLoss',
            'NonFiniteGuard', 'uses_batch_statistics',
-           'Float32Precision', 'FrozenBatchNorm', 'DeviceMixedPrecision', 'ThrottledProgress']
+           'CudaBackend', 'FrozenBatchNorm', 'DeviceMixedPrecision', 'ThrottledProgress']
 
 
 class TrainTerm(Metric):
@@ -331,29 +331,37 @@ class FrozenBatchNorm(Callback):
                 m.eval()
 
 
-class Float32Precision(Callback):
-    """Whether float32 convolutions and matrix products may run as TF32 on CUDA (Ampere and later) while the
-    Learner fits: `tf32=False` (faithful mode) keeps them IEEE float32, as the reference computed (PyTorch
-    otherwise runs float32 convolutions as TF32, with a 10-bit mantissa); `tf32=True` (fast mode) lets both use
-    TF32. The previous settings come back after the fit. Settings made through torch's per-backend
-    `fp32_precision` API are left as they are."""
+class CudaBackend(Callback):
+    """The CUDA backend settings while the Learner fits, restored afterwards.
+
+    - TF32 for float32 convolutions and matrix products (Ampere and later): `tf32=False` (faithful mode) keeps
+      them IEEE float32, as the reference computed (PyTorch otherwise runs float32 convolutions as TF32, with a
+      10-bit mantissa); `tf32=True` (fast mode) lets both use TF32. Settings made through torch's per-backend
+      `fp32_precision` API are left as they are.
+    - cuDNN's autotuner (`cudnn.benchmark`), on as in the reference's training script (the input sizes are
+      fixed), unless deterministic algorithms were asked for (`--deterministic`)."""
     order = -20
 
-    def __init__(self, tf32: bool):
-        self.tf32, self.saved = tf32, None
+    def __init__(self, tf32: bool, benchmark: bool = True):
+        self.tf32, self.benchmark, self.saved = tf32, benchmark, None
 
     def before_fit(self):
         b = torch.backends
         try:
-            self.saved = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
+            tf32 = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
         except RuntimeError:  # set through the per-backend API: reading the global flags is refused
-            self.saved = None
-            return
-        b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = self.tf32
+            tf32 = None
+        self.saved = (tf32, b.cudnn.benchmark)
+        if tf32 is not None:
+            b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = self.tf32
+        if self.benchmark and not torch.are_deterministic_algorithms_enabled():
+            b.cudnn.benchmark = True
 
     def after_fit(self):
         if self.saved is not None:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+            tf32, torch.backends.cudnn.benchmark = self.saved
+            if tf32 is not None:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
             self.saved = None
 
 

@@ -210,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from .datasets import DatasetError
     try:
-        return COMMANDS[name](**args) or 0
+        code = COMMANDS[name](**args) or 0
+        from .distributed import shutdown
+        shutdown()  # under `accelerate launch`: all processes leave together
+        return code
     except torch.cuda.OutOfMemoryError:
         _fail('out of GPU memory: try smaller --source-size/--target-size, --bs 1, or --mode fast (mixed precision)')
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.torch_core import num_distrib, rank_distrib
 
 __all__ = ['BackendAwareDistributedDL', 'DADADistributedTrainer', 'distributed_training', 'is_main_process',
-           'broadcast_object', 'barrier']
+           'broadcast_object', 'barrier', 'shutdown']
 
 
 def is_main_process() -> bool:
@@ -28,6 +28,15 @@ def barrier() -> None:
     """Wait for every process (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """End this process's part of a distributed run: wait for the others, then leave the process group (a
+    process that exits with gloo's threads still running can abort, failing a run that succeeded). A no-op
+    when not distributed; call it once, at the end of the program."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def broadcast_object(obj, src: int = 0):

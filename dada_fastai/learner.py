@@ -16,7 +16,7 @@ from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
 
-from .callbacks import (DADATrainer, DeviceMixedPrecision, Float32Precision, FrozenBatchNorm, HeadLR, IterBudget,
+from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
                         NonFiniteGuard, SetEpoch, ThrottledProgress, poly_decay)
 from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
 from .model import DADA, Discriminator, param_groups
@@ -182,9 +182,9 @@ class DADALearner(Learner):
     def fit(self, *args, **kwargs):
         try:
             return super().fit(*args, **kwargs)
-        finally:  # fastai skips after_fit when an error ends the fit: the process's TF32 settings come back
+        finally:  # fastai skips after_fit when an error ends the fit: the process's CUDA settings come back
             for cb in self.cbs:
-                if isinstance(cb, Float32Precision):
+                if isinstance(cb, CudaBackend):
                     cb.after_fit()
 
     @property
@@ -308,7 +308,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
         raise ValueError(f"unknown bn {bn!r}; valid: batch, frozen")
     discs = nn.ModuleDict({k: Discriminator(1 if k == 'depth' else n_classes, ndf) for k in cfg.adapt})
     trainer = DADATrainer(discs, lambdas, d_lr=d_lr, fused=fast)
-    extra = [Float32Precision(tf32=fast)]
+    extra = [CudaBackend(tf32=fast)]
     if on_nan:
         extra.append(NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1))
     if bn == 'frozen':

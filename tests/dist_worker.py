@@ -33,3 +33,5 @@ class Record(Callback):
 if __name__ == '__main__':
     config, out, weights_dir = sys.argv[1:4]
     train(resolve_config(config, out=out), cbs=[Record(weights_dir)])
+    from dada_fastai.distributed import shutdown
+    shutdown()

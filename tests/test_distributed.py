@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,13 @@ from pathlib import Path
 import torch
 
 from e2e import SOURCE_SIZE, TARGET_SIZE, tiny_pair
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (a fixed one can still be held by an earlier run's processes)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def test_two_cpu_processes_end_with_identical_weights(tmp_path):
@@ -24,7 +32,7 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
                                                          os.environ.get('PYTHONPATH', '')]),
            'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
-           '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', '29517',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()),
            str(Path(__file__).parent / 'dist_worker.py'), str(cfg), str(run), str(weights)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -126,33 +126,43 @@ def test_frozen_batchnorm_covers_sync_and_non_affine_layers():
 
 
 @pytest.mark.parametrize('mode, tf32', [('faithful', False), ('fast', True)])
-def test_tf32_is_off_in_faithful_mode_and_restored_after(pair, mode, tf32):
+def test_cuda_settings_during_a_fit_and_restored_after(pair, mode, tf32):
     """Faithful mode keeps float32 convolutions IEEE (PyTorch runs them as TF32 on CUDA by default); fast mode
-    allows TF32; both restore the process's settings after fitting."""
+    allows TF32; both turn cuDNN's autotuner on (as the reference's script does), unless deterministic
+    algorithms are asked for; the process's settings come back after the fit, also when it fails."""
     from fastai.callback.core import Callback
+    b = torch.backends
     seen = []
+
+    def flags():
+        return b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark
 
     class Flags(Callback):
         def after_batch(self):
-            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            seen.append(flags())
 
     class Interrupt(Callback):
         def before_batch(self):
             raise RuntimeError('interrupted')
 
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = (not tf32), (not tf32)
+    before = flags()
+    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark = (not tf32), (not tf32), False
     try:
         dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
         learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode=mode, precision='fp32', cbs=[Flags()])
         learn.fit_iters(1)
-        assert seen and all(s == (tf32, tf32) for s in seen)
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (not tf32, not tf32)
+        assert seen and all(s == (tf32, tf32, True) for s in seen)
+        assert flags() == (not tf32, not tf32, False)
         with pytest.raises(RuntimeError, match='interrupted'):  # also when an error ends the fit
             learn.fit_iters(1, cbs=[Interrupt()])
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (not tf32, not tf32)
+        assert flags() == (not tf32, not tf32, False)
+        seen.clear()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        learn.fit_iters(1)
+        assert seen and all(s == (tf32, tf32, False) for s in seen)  # no autotuning: deterministic
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        torch.use_deterministic_algorithms(False)
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark = before
 
 
 def _fp16_learner(pair, cbs=()):
