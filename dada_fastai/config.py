@@ -46,7 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 2000  # iterations between checkpoints (0: only at the end)
     eval_every: int | None = None  # iterations between validations (default: once per pass over the source)
     val_max: int | None = None  # evaluate on at most this many target images during training
-    workers: int | None = None  # DataLoader workers (default: 0 on CPU, 4 on GPU)
+    workers: int | None = None  # DataLoader workers (default: 0 on CPU; on GPU up to 8, a core left free)
     device: str = 'auto'  # auto, cpu, cuda, cuda:N
     mode: str = 'faithful'  # faithful (float32, reference order) or fast (mixed precision, channels_last)
     precision: str | None = None  # fast mode: bf16 (default on GPU), fp16, fp32 (default on CPU)

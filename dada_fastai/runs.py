@@ -3,6 +3,7 @@ checkpoints, resume, the final evaluation and pictures. The Python side of `dada
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from .data import dada_dataloaders, parse_size
 from .losses import Lambdas
 
 __all__ = ['RunError', 'resolve_device', 'seed_everything', 'new_run_dir', 'build_dataloaders', 'build_learner',
-           'train', 'resume', 'RunResult', 'epoch_length']
+           'train', 'resume', 'RunResult', 'epoch_length', 'default_workers']
 
 
 class RunError(RuntimeError):
@@ -89,10 +90,21 @@ def epoch_length(iters: int, natural: int) -> int:
     return -(-iters // k)
 
 
+def default_workers(device: torch.device | None) -> int:
+    """DataLoader workers when none are asked for: 0 on CPU (training uses the cores); on a GPU up to 8 per
+    process, a core left for the training loop. Loading is decode-bound: about 0.5 core-seconds per pair at
+    the paper's sizes (`benchmarks/README.md`), so the reference's 4 workers would feed at most ~8 pairs/s."""
+    if device is None or device.type != 'cuda':
+        return 0
+    from fastai.torch_core import num_distrib
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, min(8, cores // max(num_distrib(), 1) - 1))
+
+
 def build_dataloaders(cfg: TrainConfig, device: torch.device | None = None):
     """The paired DataLoaders a configuration asks for."""
     source, target = _specs(cfg)
-    workers = cfg.workers if cfg.workers is not None else (4 if device is not None and device.type == 'cuda' else 0)
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
     dls = dada_dataloaders(source, target, n_classes=cfg.classes, source_size=parse_size(cfg.source_size),
                            target_size=parse_size(cfg.target_size), bs=cfg.bs, norm=_norm_for(cfg), arch=cfg.arch,
                            augment=cfg.augment, num_workers=workers, seed=cfg.seed, device=device, val_max=cfg.val_max)

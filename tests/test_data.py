@@ -503,3 +503,17 @@ def test_missing_source_root(roots, tmp_path):
         dada_dataloaders(f'synthia:{missing}', f'cityscapes:{roots["cityscapes"]}')
     msg = str(e.value)
     assert '\n' not in msg and str(missing) in msg and 'synthia' in msg.lower()
+
+
+def test_default_workers_scale_with_the_cores(monkeypatch):
+    """No workers on CPU; on a GPU up to 8 per process, a core left for the training loop."""
+    import os
+    from dada_fastai import runs
+    assert runs.default_workers(torch.device('cpu')) == 0 and runs.default_workers(None) == 0
+    cuda = torch.device('cuda')
+    for cores, expected in ((16, 8), (6, 5), (2, 1), (1, 1)):
+        monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, n=cores: set(range(n)))
+        assert runs.default_workers(cuda) == expected, cores
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(16)))
+    monkeypatch.setenv('WORLD_SIZE', '4')  # 4 processes share the 16 cores
+    assert runs.default_workers(cuda) == 3
