@@ -3,7 +3,7 @@ iteration budgets and the reference's poly schedule."""
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from fastai.callback.core import Callback, CancelFitException, CancelStepException
@@ -18,7 +18,7 @@ from .losses import (Lambdas, adaptation_map, discriminator_loss, fooling_loss, 
 
 __all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'NonFiniteLoss',
            'NonFiniteGuard', 'uses_batch_statistics',
-           'CudaBackend', 'FrozenBatchNorm', 'DeviceMixedPrecision', 'ThrottledProgress']
+           'CudaBackend', 'ieee_float32', 'FrozenBatchNorm', 'DeviceMixedPrecision', 'ThrottledProgress']
 
 
 class TrainTerm(Metric):
@@ -329,6 +329,23 @@ class FrozenBatchNorm(Callback):
             if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
                     and not any(p.requires_grad for p in m.parameters())):
                 m.eval()
+
+
+@contextmanager
+def ieee_float32():
+    """Float32 convolutions and matrix products in IEEE float32 (no TF32) inside the block, as the reference
+    computed; the process's settings come back after it."""
+    b = torch.backends
+    try:
+        saved = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
+    except RuntimeError:  # set through torch's per-backend API: left as they are
+        yield
+        return
+    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
 
 
 class CudaBackend(Callback):

@@ -9,6 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
+from .callbacks import ieee_float32
 from .checkpoint import CheckpointError, load_inference_file
 from .data import depth_to_rgb, fit_to_size, normalization, padded_content_size, parse_size
 from .datasets import DatasetError, open_dataset, read_array, write_png
@@ -99,8 +100,14 @@ def _per_image_miou(cm: np.ndarray) -> float:
 def evaluate_model(model: str | Path, target: str | None = None, classes: int | None = None,
                    target_size: str | None = None, baseline: str | Path | None = None,
                    max_images: int | None = None, device: str = 'auto') -> dict:
-    """Evaluate on the target's labelled val split at the label's full resolution:
-    {'miou', 'miou13', 'per_class', 'images', 'target', 'negative_transfer' (with a baseline)}."""
+    """Evaluate on the target's labelled val split at the label's full resolution, in IEEE float32 as the
+    reference (no TF32 on CUDA): {'miou', 'miou13', 'per_class', 'images', 'target', 'negative_transfer' (with a
+    baseline)}."""
+    with ieee_float32():
+        return _evaluate(model, target, classes, target_size, baseline, max_images, device)
+
+
+def _evaluate(model, target, classes, target_size, baseline, max_images, device) -> dict:
     lm = load_model(model, device)
     n_classes = classes or lm.protocol.n_classes
     if n_classes != lm.protocol.n_classes:

@@ -169,14 +169,19 @@ def test_vistas_target_evaluates_as_it_validates(tmp_path, capsys):
     seen, call = [], LoadedModel.__call__
 
     def spy(self, rgb, size, out_size, fit='stretch'):
+        assert not torch.backends.cudnn.allow_tf32  # evaluation in IEEE float32, as the reference
         seen.append((self.preprocess(rgb, size, fit), out_size))
         return call(self, rgb, size, out_size, fit)
 
     LoadedModel.__call__ = spy
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
     try:
         assert main(['evaluate', str(out), '--json']) == 0
+        assert torch.backends.cudnn.allow_tf32  # restored
     finally:
         LoadedModel.__call__ = call
+        torch.backends.cudnn.allow_tf32 = tf32
     res = json.loads(capsys.readouterr().out)
     assert res['miou'] == pytest.approx(json.loads((out / 'results.json').read_text())['miou'])
     # 40x30 (WxH) images into 64x32: 42x32 at the left (int(40 * 32/30)), black after; labels 30x40 padded to 30x60
