@@ -2,6 +2,7 @@
 iteration budgets and the reference's poly schedule."""
 from __future__ import annotations
 
+import copy
 import warnings
 from contextlib import contextmanager, nullcontext
 
@@ -164,11 +165,20 @@ class DADATrainer(Callback):
             self.d_opt = OptimWrapper(params, torch.optim.Adam, lr=self.d_lr, betas=self.d_betas)
 
     def before_fit(self):
+        from fastai.callback.schedule import LRFinder
         self.discriminators.to(self.dls.device)
         if self.d_opt is None:
             self.create_d_opt()
         hyp = self.learn.opt.hypers if self.learn.opt is not None else [{'lr': 1.}]
         self.lr_ref = hyp[0]['lr'] or 1.
+        # lr_find restores the segmenter and its optimizer afterwards; the discriminators are this callback's
+        self.before_lr_find = (copy.deepcopy(self.state_dict())
+                               if any(isinstance(cb, LRFinder) for cb in self.learn.cbs) else None)
+
+    def after_fit(self):
+        if getattr(self, 'before_lr_find', None) is not None:
+            self.load_state_dict(self.before_lr_find)
+            self.before_lr_find = None
 
     def before_train(self):
         for t in self.terms.values():
@@ -403,9 +413,13 @@ class NonFiniteGuard(Callback):
         self.action, self.every, self.skipped, self.ok, self.since = action, every, [], None, None
 
     def before_fit(self):
+        from fastai.callback.schedule import LRFinder
         self.ok, self.since = None, None
+        self.active = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)  # lr_find explores divergence
 
     def before_step(self):
+        if not self.active:
+            return
         terms = dict(getattr(getattr(self.learn, 'dada', None), 'batch_terms', {}) or {})
         terms.setdefault('loss', self.learn.loss.detach())
         names = list(terms)
@@ -416,15 +430,23 @@ class NonFiniteGuard(Callback):
             self.ok = self.ok & finite.all()
         if (self.learn.train_iter + 1) % self.every == 0:
             bad = ', '.join(f'{n}={float(terms[n]):g}' for n, f in zip(names, finite.tolist()) if not f)
-            self._check(bad or 'at an earlier iteration', self.learn.train_iter + 1)
+            self._check(bad or 'in another process or at an earlier iteration', self.learn.train_iter + 1)
 
-    def after_train(self):  # the iterations since the last check, at the end of each epoch
+    def flush(self) -> None:
+        """Check now the iterations not checked yet (at each epoch's end, when the budget ends a fit, before a
+        checkpoint is written); every process must call it at the same point."""
         if self.ok is not None:
             self._check('at one of them', self.learn.train_iter)
 
+    def after_train(self):
+        self.flush()
+
+    def after_cancel_fit(self):  # an iteration budget ending mid-epoch: after_train does not run
+        self.flush()
+
     def _check(self, bad: str, it: int) -> None:
         ok, self.ok = self.ok, None
-        if bool(ok):
+        if _everywhere(ok):
             return
         if self.action == 'stop':
             when = f'iteration {it}' if self.since in (None, it) else f'iterations {self.since}-{it}'
@@ -436,6 +458,16 @@ class NonFiniteGuard(Callback):
         if dada is not None and dada.d_opt is not None:
             dada.d_opt.zero_grad()
         raise CancelStepException()
+
+
+def _everywhere(ok: torch.Tensor) -> bool:
+    """Whether `ok` holds in every process (one all-reduce when distributed), so that all stop or skip together."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        flag = ok.float().reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+    return bool(ok)
 
 
 class DeviceMixedPrecision(MixedPrecision):

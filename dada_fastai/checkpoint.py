@@ -58,8 +58,12 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
-    if state.get('cuda') is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
+    cuda = state.get('cuda') if torch.cuda.is_available() else None
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: every device's generator
+        here = torch.cuda.current_device()
+        cuda = cuda[here] if here < len(cuda) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
     np.random.set_state(('MT19937', state['numpy_keys'].numpy().astype(np.uint32), state['numpy_pos'], 0, 0.))
     random.setstate((state['python_version'], tuple(state['python']), state['python_gauss']))
 
@@ -189,6 +193,9 @@ class Checkpointer(Callback):
         # fastai's mixed precision drops its scaler before this callback's after_fit: keep a reference
         self.scaler = getattr(self.learn, 'scaler', None) or self.scaler
         if self.training and self.every and self.train_iter % self.every == 0:
+            guard = getattr(self.learn, 'non_finite_guard', None)
+            if guard is not None:
+                guard.flush()  # never save weights that a non-finite loss has reached
             self._save()
             self.saved_at = self.train_iter
 

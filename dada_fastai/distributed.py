@@ -61,7 +61,8 @@ class BackendAwareDistributedDL(DistributedDL):
 
 class DADADistributedTrainer(DistributedTrainer):
     """fastai's `DistributedTrainer` for DADA: backend-aware data splitting, the discriminators' gradients
-    averaged across processes before their step, BatchNorm left per process (as the reference normalises
+    averaged across processes right after the backward passes (so a step cancelled by fp16's scaler or the
+    non-finite check leaves every process in step), BatchNorm left per process (as the reference normalises
     each image on its own) unless `sync_bn=True`."""
 
     def _wrap_dl(self, dl):
@@ -74,7 +75,7 @@ class DADADistributedTrainer(DistributedTrainer):
                 dist.broadcast(buf, 0)
         super().after_fit()
 
-    def before_step(self):
+    def after_backward(self):  # after DADATrainer's (order 5), before any step can be cancelled
         dada = getattr(self.learn, 'dada', None)
         if dada is None or not dada.discriminators or not dist.is_initialized():
             return

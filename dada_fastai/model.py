@@ -114,11 +114,12 @@ def _check_weights_reachable(arch: str, overlay: dict | None = None, timeout: fl
         return  # unknown here: let timm report it
     if cfg is None or (overlay or {}).get('file') or (overlay or {}).get('state_dict') is not None:
         return  # local weights
+    hub_id, url = (overlay or {}).get('hf_hub_id', cfg.hf_hub_id), (overlay or {}).get('url', cfg.url)
     import urllib.request
     proxies = urllib.request.getproxies()
-    if proxies.get('https') or proxies.get('all'):
+    scheme = 'https' if hub_id else (urlparse(url).scheme if url else 'https')
+    if proxies.get(scheme) or proxies.get('all'):
         return  # through a proxy: a direct probe would tell nothing
-    hub_id, url = (overlay or {}).get('hf_hub_id', cfg.hf_hub_id), (overlay or {}).get('url', cfg.url)
     from huggingface_hub import constants, try_to_load_from_cache
     if hub_id:
         if any(isinstance(try_to_load_from_cache(hub_id, f), str)

@@ -98,7 +98,8 @@ def default_workers(device: torch.device | None) -> int:
         return 0
     from fastai.torch_core import num_distrib
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(1, min(8, cores // max(num_distrib(), 1) - 1))
+    local = int(os.environ.get('LOCAL_WORLD_SIZE', 0)) or max(num_distrib(), 1)  # processes on this machine
+    return max(1, min(8, cores // local - 1))
 
 
 def build_dataloaders(cfg: TrainConfig, device: torch.device | None = None):

@@ -517,3 +517,6 @@ def test_default_workers_scale_with_the_cores(monkeypatch):
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(16)))
     monkeypatch.setenv('WORLD_SIZE', '4')  # 4 processes share the 16 cores
     assert runs.default_workers(cuda) == 3
+    monkeypatch.setenv('WORLD_SIZE', '8')  # two machines of 4 processes: the cores are per machine
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    assert runs.default_workers(cuda) == 3

@@ -245,14 +245,14 @@ class _Poison:
     """A callback factory: NaN loss at the second iteration (after DADATrainer has added its terms)."""
 
     @staticmethod
-    def make():
+    def make(at: int = 1):
         from fastai.callback.core import Callback
 
         class Poison(Callback):
             order = 6
 
             def after_loss(self):
-                if self.training and self.train_iter == 1:
+                if self.training and self.train_iter == at:
                     self.learn.loss_grad = self.loss_grad * float('nan')
                     self.learn.loss = self.loss * float('nan')
         return Poison()
@@ -279,3 +279,35 @@ def test_fp16_non_finite_loss_skipped(pair):
     assert learn.non_finite_guard.skipped == [2]
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
     assert all(torch.isfinite(p).all() for p in learn.dada.discriminators.parameters())
+
+
+def test_non_finite_loss_in_the_last_iterations_of_a_budget_stops_the_run(pair):
+    """Fast mode reads the flag every 50 iterations: a NaN at the last iteration, where the budget ends the fit
+    in the middle of an epoch, still stops the run (before the final checkpoint)."""
+    from dada_fastai.callbacks import NonFiniteLoss
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp32',
+                         cbs=[_Poison.make(at=2)])
+    assert len(dls.train) == 2  # 3 iterations end in the middle of the second epoch
+    with pytest.raises(NonFiniteLoss, match='iteration 3'):
+        learn.fit_iters(3, schedule='constant')
+
+
+def test_checkpoints_never_hold_weights_after_a_non_finite_loss(pair, tmp_path):
+    from dada_fastai.callbacks import NonFiniteLoss
+    from dada_fastai.checkpoint import Checkpointer
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp32',
+                         cbs=[_Poison.make(at=0), Checkpointer(tmp_path, every=1)])
+    with pytest.raises(NonFiniteLoss, match='iteration 1'):
+        learn.fit_iters(4, schedule='constant')
+    assert not (tmp_path / 'last.pth').exists()
+
+
+def test_lr_find_explores_divergence_without_the_non_finite_check(pair):
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, cbs=[_Poison.make(at=3)])
+    from dada_fastai.callbacks import NonFiniteLoss
+    learn.lr_find(num_it=6, show_plot=False)  # a NaN during the sweep is no error: the sweep looks for it
+    with pytest.raises(NonFiniteLoss, match='iteration 4'):  # training checks again
+        learn.fit_iters(4, schedule='constant')
