@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 from fastai.callback.core import Callback, CancelFitException, CancelStepException
@@ -19,7 +19,7 @@ from .losses import (Lambdas, adaptation_map, discriminator_loss, fooling_loss, 
 
 __all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'NonFiniteLoss',
            'NonFiniteGuard', 'uses_batch_statistics',
-           'CudaBackend', 'ieee_float32', 'FrozenBatchNorm', 'DeviceMixedPrecision', 'ThrottledProgress']
+           'CudaBackend', 'tf32', 'cudnn_autotuner', 'FrozenBatchNorm', 'DeviceMixedPrecision', 'ThrottledProgress']
 
 
 class TrainTerm(Metric):
@@ -102,6 +102,12 @@ class IterBudget(Callback):
             raise CancelFitException()
 
 
+def finding_lr(learn) -> bool:
+    """Whether the fit that starts is fastai's `lr_find` sweep."""
+    from fastai.callback.schedule import LRFinder
+    return any(isinstance(cb, LRFinder) for cb in learn.cbs)
+
+
 class SetEpoch(Callback):
     """Tell the paired training DataLoader which epoch starts, so its shuffle and pairing are seeded by it."""
     order = -5
@@ -165,15 +171,13 @@ class DADATrainer(Callback):
             self.d_opt = OptimWrapper(params, torch.optim.Adam, lr=self.d_lr, betas=self.d_betas)
 
     def before_fit(self):
-        from fastai.callback.schedule import LRFinder
         self.discriminators.to(self.dls.device)
         if self.d_opt is None:
             self.create_d_opt()
         hyp = self.learn.opt.hypers if self.learn.opt is not None else [{'lr': 1.}]
         self.lr_ref = hyp[0]['lr'] or 1.
         # lr_find restores the segmenter and its optimizer afterwards; the discriminators are this callback's
-        self.before_lr_find = (copy.deepcopy(self.state_dict())
-                               if any(isinstance(cb, LRFinder) for cb in self.learn.cbs) else None)
+        self.before_lr_find = copy.deepcopy(self.state_dict()) if finding_lr(self.learn) else None
 
     def after_fit(self):
         if getattr(self, 'before_lr_find', None) is not None:
@@ -342,54 +346,60 @@ class FrozenBatchNorm(Callback):
 
 
 @contextmanager
-def ieee_float32():
-    """Float32 convolutions and matrix products in IEEE float32 (no TF32) inside the block, as the reference
-    computed; the process's settings come back after it."""
+def tf32(allowed: bool):
+    """Inside the block, float32 convolutions and matrix products may run as TF32 on CUDA (Ampere and later)
+    or not; the process's settings come back after it. Settings made through torch's per-backend
+    `fp32_precision` API are left as they are (reading the global flags is then refused)."""
     b = torch.backends
     try:
         saved = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
-    except RuntimeError:  # set through torch's per-backend API: left as they are
+    except RuntimeError:
         yield
         return
-    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = allowed
     try:
         yield
     finally:
         b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
 
 
-class CudaBackend(Callback):
-    """The CUDA backend settings while the Learner fits, restored afterwards.
+@contextmanager
+def cudnn_autotuner():
+    """cuDNN's autotuner (`cudnn.benchmark`) on inside the block, unless deterministic algorithms were asked
+    for; the process's setting comes back after it."""
+    saved = torch.backends.cudnn.benchmark
+    if not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
-    - TF32 for float32 convolutions and matrix products (Ampere and later): `tf32=False` (faithful mode) keeps
-      them IEEE float32, as the reference computed (PyTorch otherwise runs float32 convolutions as TF32, with a
-      10-bit mantissa); `tf32=True` (fast mode) lets both use TF32. Settings made through torch's per-backend
-      `fp32_precision` API are left as they are.
-    - cuDNN's autotuner (`cudnn.benchmark`), on as in the reference's training script (the input sizes are
-      fixed), unless deterministic algorithms were asked for (`--deterministic`)."""
+
+class CudaBackend(Callback):
+    """The CUDA backend settings while the Learner fits, restored afterwards (`after_fit`, which
+    `DADALearner.fit` also calls when an error ends the fit):
+
+    - TF32 (`tf32`): off in faithful mode, which keeps float32 convolutions and matrix products IEEE float32 as
+      the reference computed (PyTorch otherwise runs float32 convolutions as TF32, with a 10-bit mantissa);
+      on in fast mode.
+    - cuDNN's autotuner (`benchmark`), on as in the reference's training script (the input sizes are fixed),
+      unless deterministic algorithms were asked for (`--deterministic`)."""
     order = -20
 
     def __init__(self, tf32: bool, benchmark: bool = True):
-        self.tf32, self.benchmark, self.saved = tf32, benchmark, None
+        self.tf32, self.benchmark, self.stack = tf32, benchmark, None
 
     def before_fit(self):
-        b = torch.backends
-        try:
-            tf32 = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
-        except RuntimeError:  # set through the per-backend API: reading the global flags is refused
-            tf32 = None
-        self.saved = (tf32, b.cudnn.benchmark)
-        if tf32 is not None:
-            b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = self.tf32
-        if self.benchmark and not torch.are_deterministic_algorithms_enabled():
-            b.cudnn.benchmark = True
+        self.stack = ExitStack()
+        self.stack.enter_context(tf32(self.tf32))
+        if self.benchmark:
+            self.stack.enter_context(cudnn_autotuner())
 
     def after_fit(self):
-        if self.saved is not None:
-            tf32, torch.backends.cudnn.benchmark = self.saved
-            if tf32 is not None:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-            self.saved = None
+        if self.stack is not None:
+            self.stack.close()
+            self.stack = None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -413,9 +423,8 @@ class NonFiniteGuard(Callback):
         self.action, self.every, self.skipped, self.ok, self.since = action, every, [], None, None
 
     def before_fit(self):
-        from fastai.callback.schedule import LRFinder
         self.ok, self.since = None, None
-        self.active = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)  # lr_find explores divergence
+        self.active = not finding_lr(self.learn)  # lr_find explores divergence
 
     def before_step(self):
         if not self.active:

@@ -168,10 +168,6 @@ def fit_to_size(img: Image.Image, size: tuple[int, int] | None, resample: int, f
     return img.resize((size[1], size[0]), resample)
 
 
-def _fit(item: DataItem) -> str:
-    return getattr(item.ds, 'fit', 'stretch')
-
-
 class ReadImage:
     """DataItem -> PILImage (RGB) brought to `size` (H, W) with bicubic interpolation (padded black where the
     dataset keeps the aspect ratio)."""
@@ -181,7 +177,7 @@ class ReadImage:
 
     def __call__(self, item: DataItem) -> PILImage:
         img = Image.fromarray(item.ds.read_image(item.sample))
-        return PILImage(fit_to_size(img, self.size, Image.BICUBIC, (0, 0, 0), _fit(item)))
+        return PILImage(fit_to_size(img, self.size, Image.BICUBIC, (0, 0, 0), item.ds.fit))
 
 
 class ReadMask:
@@ -193,7 +189,7 @@ class ReadMask:
 
     def __call__(self, item: DataItem) -> PILMask:
         img = Image.fromarray(item.ds.read_label(item.sample))
-        return PILMask(fit_to_size(img, self.size, Image.NEAREST, IGNORE_INDEX, _fit(item), self.frame))
+        return PILMask(fit_to_size(img, self.size, Image.NEAREST, IGNORE_INDEX, item.ds.fit, self.frame))
 
 
 class ReadDepth:
@@ -209,7 +205,7 @@ class ReadDepth:
             h, w = image_size(item.sample.image)
             depth = np.full((h, w), np.nan, np.float32)
         return PILDepth(fit_to_size(Image.fromarray(depth, mode='F'), self.size, Image.NEAREST, float('nan'),
-                                    _fit(item)))
+                                    item.ds.fit))
 
 
 def SourceImageBlock(size: tuple[int, int] | None) -> TransformBlock:

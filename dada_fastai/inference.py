@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from .callbacks import ieee_float32
+from .callbacks import tf32
 from .checkpoint import CheckpointError, load_inference_file
 from .data import depth_to_rgb, fit_to_size, normalization, padded_content_size, parse_size
 from .datasets import DatasetError, open_dataset, read_array, write_png
@@ -44,15 +44,19 @@ class LoadedModel:
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray, size: tuple[int, int] | None, out_size: tuple[int, int],
-                 fit: str = 'stretch'):
-        """(class map (H, W) uint8, inverse depth (H, W) float32 or None) at `out_size`."""
+                 fit: str = 'stretch', content: tuple[int, int] | None = None):
+        """(class map (H, W) uint8, inverse depth (H, W) float32 or None) at `out_size`. `content`: the (h, w)
+        the image takes in its padded input (`fit='pad'`); the padding is cut off before resizing."""
         seg, depth = self.model(self.preprocess(rgb, size, fit))
-        pred = upsample(seg, out_size).argmax(1)[0].to(torch.uint8).cpu().numpy()
-        dep = upsample(depth, out_size)[0, 0].float().cpu().numpy() if depth is not None else None
+
+        def back(x):
+            if content is not None:
+                x = upsample(x, size)[..., :content[0], :content[1]]
+            return upsample(x, out_size)
+        pred = back(seg).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        dep = back(depth)[0, 0].float().cpu().numpy() if depth is not None else None
         return pred, dep
 
-
-    @torch.no_grad()
     def predict(self, rgb: np.ndarray, size: tuple[int, int] | None):
         """(class map, inverse depth or None) at the image's own size, the image brought to `size` as the
         model's training target was (`meta['fit']`: stretched, or kept in aspect and padded; then the padding
@@ -60,13 +64,7 @@ class LoadedModel:
         h, w = rgb.shape[:2]
         if self.meta.get('fit', 'stretch') != 'pad' or size is None:
             return self(rgb, size, (h, w))
-        nh, nw = padded_content_size((h, w), size)
-        seg, depth = self.model(self.preprocess(rgb, size, 'pad'))
-        seg = upsample(upsample(seg, size)[..., :nh, :nw], (h, w))
-        pred = seg.argmax(1)[0].to(torch.uint8).cpu().numpy()
-        if depth is None:
-            return pred, None
-        return pred, upsample(upsample(depth, size)[..., :nh, :nw], (h, w))[0, 0].float().cpu().numpy()
+        return self(rgb, size, (h, w), 'pad', padded_content_size((h, w), size))
 
 
 def load_model(path: str | Path, device: str | torch.device = 'auto') -> LoadedModel:
@@ -103,7 +101,7 @@ def evaluate_model(model: str | Path, target: str | None = None, classes: int | 
     """Evaluate on the target's labelled val split at the label's full resolution, in IEEE float32 as the
     reference (no TF32 on CUDA): {'miou', 'miou13', 'per_class', 'images', 'target', 'negative_transfer' (with a
     baseline)}."""
-    with ieee_float32():
+    with tf32(False):
         return _evaluate(model, target, classes, target_size, baseline, max_images, device)
 
 

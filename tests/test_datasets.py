@@ -264,6 +264,12 @@ def test_folder_image_without_label_or_depth(tmp_path, what):
     assert str(root / 'images' / 'train' / 'seq_b' / '000001.png') in message
 
 
+def _one_synthia_sample(tmp_path):
+    """A one-image SYNTHIA dataset and its sample, for tests that damage its files."""
+    ds = open_dataset('synthia', make_synthia(tmp_path / 'synthia', n=1))
+    return ds, ds.samples('train')[0]
+
+
 def test_folder_without_depth_folder(tmp_path):
     root = make_folder(tmp_path / 'mine', n_train=1, n_val=1, depth_format=None)
     ds = open_dataset('folder', root)
@@ -273,9 +279,7 @@ def test_folder_without_depth_folder(tmp_path):
 
 
 def test_size_mismatch(tmp_path):
-    root = make_synthia(tmp_path / 'synthia', n=1)
-    ds = open_dataset('synthia', root)
-    s = ds.samples('train')[0]
+    ds, s = _one_synthia_sample(tmp_path)
     cv2.imwrite(str(s.label), np.zeros((12, 40, 3), np.uint16))
     message = raises_one_line(s.label, ds.read_label, s)
     assert str(s.image) in message and '40x12' in message and '40x24' in message
@@ -285,9 +289,7 @@ def test_size_mismatch(tmp_path):
 
 @pytest.mark.parametrize('target', ['image', 'label', 'depth'])
 def test_truncated_png(tmp_path, target):
-    root = make_synthia(tmp_path / 'synthia', n=1)
-    ds = open_dataset('synthia', root)
-    s = ds.samples('train')[0]
+    ds, s = _one_synthia_sample(tmp_path)
     path = getattr(s, target)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
@@ -296,9 +298,7 @@ def test_truncated_png(tmp_path, target):
 
 
 def test_unreadable_files(tmp_path):
-    root = make_synthia(tmp_path / 'synthia', n=1)
-    ds = open_dataset('synthia', root)
-    s = ds.samples('train')[0]
+    ds, s = _one_synthia_sample(tmp_path)
     noise = np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes()
     s.label.write_bytes(noise)
     raises_one_line(s.label, ds.read_label, s)
@@ -312,9 +312,7 @@ def test_unreadable_files(tmp_path):
 
 
 def test_synthia_label_dropped_to_8_bits(tmp_path):
-    root = make_synthia(tmp_path / 'synthia', n=1)
-    ds = open_dataset('synthia', root)
-    s = ds.samples('train')[0]
+    ds, s = _one_synthia_sample(tmp_path)
     cv2.imwrite(str(s.label), np.zeros((24, 40, 3), np.uint8))
     assert '16-bit' in raises_one_line(s.label, ds.read_label, s)
 
