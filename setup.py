@@ -21,7 +21,8 @@ setup(
     packages=find_packages(include=[cfg['lib_path'], f"{cfg['lib_path']}.*"]),
     package_data={cfg['lib_path']: ['presets/*.yaml']},
     install_requires=cfg['requirements'].split(),
-    extras_require={'dev': cfg['dev_requirements'].split()},
+    extras_require={k[:-len('_requirements')]: cfg[k].split() for k in cfg  # dev, tensorboard, wandb
+                    if k.endswith('_requirements')},
     entry_points={'console_scripts': cfg['console_scripts'].split()},
     zip_safe=False,
 )

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from dada_fastai.config import resolve_config
-from dada_fastai.runs import build_dataloaders, build_learner, resolve_device, seed_everything
+from dada_fastai.learner import default_precision
+from dada_fastai.runs import (build_dataloaders, build_learner, resolve_device, seed_everything,
+                             warm_start_weights)
 from dada_fastai.toy import ToyConfig, config_key, make_toy_pair
 
 METHODS = {'source_only': 'S1 source only', 'advent': 'S2 AdvEnt', 'dada': 'S7 DADA',
@@ -35,16 +37,20 @@ def run_one(method: str, seed: int, args) -> dict:
                    iters=args.iters, arch=args.arch, device=args.device)
     if args.size:
         options.update(source_size=args.size, target_size=args.size)
-    cfg = resolve_config(**options)  # no source/target: the built-in toy defaults
+    cfg = resolve_config(**options)  # no source/target: the built-in toy pair and its defaults
     toy = ToyConfig(**(cfg.toy or {}))
-    synthia, cityscapes = make_toy_pair(cfg=toy)
-    cfg.source, cfg.target = f'synthia:{synthia}', f'cityscapes:{cityscapes}'
-    if method == 'oracle':
-        cfg.source = cfg.target  # the target's labelled train split as the source
+    if method == 'oracle':  # the target's labelled train split as the source (its warm start too)
+        cityscapes = f'cityscapes:{make_toy_pair(cfg=toy)[1]}'
+        cfg.source, cfg.target = cityscapes, cityscapes
     device = resolve_device(cfg.device)
+    if cfg.mode == 'fast' and cfg.precision is None:
+        cfg.precision = default_precision(device)
+    warm = warm_start_weights(cfg) if cfg.warm_start else None
     seed_everything(cfg.seed, cfg.deterministic)
     dls = build_dataloaders(cfg, device)
     learn = build_learner(cfg, dls)
+    if warm is not None:  # as `dada-fastai train` starts: from the recipe's source-only stage
+        learn.model.load_state_dict(torch.load(warm, map_location='cpu', weights_only=True))
     started = time.time()
     with ExitStack() as stack:
         stack.enter_context(learn.no_bar())
@@ -54,7 +60,7 @@ def run_one(method: str, seed: int, args) -> dict:
         res = learn.evaluate()
     return dict(method=method, seed=seed, iters=cfg.iters, arch=cfg.arch, size=cfg.source_size,
                 toy=config_key(toy), overrides=_overrides_key(args.overrides), miou=res['miou'],
-                per_class=res['per_class'], seconds=round(time.time() - started, 1))
+                per_class=res['per_class'], depth=res.get('depth'), seconds=round(time.time() - started, 1))
 
 
 def _overrides_key(overrides: dict) -> str:
@@ -104,6 +110,53 @@ def table(results: list[dict], methods: list[str], seeds: list[int], title: str)
     return t, means
 
 
+def class_table(results: list[dict], methods: list[str], title: str):
+    """A rich table: each method's per-class target IoU, averaged over the seeds shown."""
+    from rich.table import Table
+    classes = list(next(iter(results))['per_class']) if results else []
+    t = Table(title=title)
+    t.add_column('method')
+    for c in classes:
+        t.add_column(c, justify='right')
+    t.add_column('depth δ<1.25', justify='right')
+    for m in methods:
+        rs = [r for r in results if r['method'] == m]
+        if not rs:
+            continue
+        cells = []
+        for c in classes:
+            vals = [r['per_class'][c] for r in rs if r['per_class'].get(c) is not None]
+            cells.append(f'{np.mean(vals):.1f}' if vals else '-')
+        d1 = [r['depth']['delta1'] for r in rs if r.get('depth') and m in DEPTH_METHODS]
+        t.add_row(METHODS.get(m, m), *cells, f'{np.mean(d1):.2f}' if d1 else '-')
+    return t
+
+
+DEPTH_METHODS = ('dada',)  # methods whose network has the depth block (the others predict no depth)
+
+
+def bar_chart(results: list[dict], methods: list[str], seeds: list[int], path: Path, title: str) -> None:
+    """The methods' target mIoU: mean over seeds (bars), one standard deviation (error bars), each seed (dots)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, m in enumerate(methods):
+        vals = [r['miou'] for r in results if r['method'] == m and r['seed'] in seeds]
+        if not vals:
+            continue
+        ax.bar(i, np.mean(vals), yerr=np.std(vals, ddof=1) if len(vals) > 1 else None, capsize=6,
+               color=('#999999', '#6b9bd1', '#d1605e', '#59a14f')[i % 4], alpha=0.85)
+        ax.scatter([i] * len(vals), vals, color='k', s=12, zorder=3)
+        ax.text(i, np.mean(vals) + 0.6, f'{np.mean(vals):.1f}', ha='center', va='bottom', fontsize=9)
+    ax.set_xticks(range(len(methods)), [METHODS.get(m, m) for m in methods], fontsize=8)
+    ax.set_ylabel('target mIoU (%)')
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--iters', type=int, default=None, help='training iterations (default: the toy default, 300)')
@@ -115,6 +168,7 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--json', default='toy_gap.json', help='per-run results, appended as runs finish')
     p.add_argument('--verbose', action='store_true', help="print fastai's per-epoch table")
+    p.add_argument('--figure', default=None, help='also draw the bar chart of the methods\' mIoU into this PNG')
     p.add_argument('--set', action='append', default=[], metavar='OPTION=VALUE',
                    help='another training option for every run (e.g. lambda_adv=1e-2); repeatable')
     args = p.parse_args(argv)
@@ -153,7 +207,19 @@ def main(argv=None):
              f'{extra}, {len(seeds)} seed(s)')
     t, means = table(mine, methods, seeds, title)
     from rich.console import Console
-    Console(width=140).print(t)
+    shown = [r for r in mine if r['method'] in methods and r['seed'] in seeds]
+    console = Console(width=140)
+    console.print(t)
+    console.print(class_table(shown, methods, 'Per-class target IoU (%), mean over the seeds shown'))
+    depth = [r['depth'] for r in shown if r.get('depth') and r['method'] in DEPTH_METHODS]
+    if depth:
+        print(f"depth on the target (DADA, mean over seeds): delta1={np.mean([d['delta1'] for d in depth]):.3f} "
+              f"abs_rel={np.mean([d['abs_rel'] for d in depth]):.3f}; a constant depth: "
+              f"delta1={np.mean([d['baseline_delta1'] for d in depth]):.3f} "
+              f"abs_rel={np.mean([d['baseline_abs_rel'] for d in depth]):.3f} ({depth[0]['note']})")
+    if args.figure:
+        bar_chart(shown, methods, seeds, Path(args.figure), title)
+        print(f'figure: {args.figure}')
     print(f'wall-clock {time.time() - started:.0f} s for this invocation ({torch.get_num_threads()} torch threads); '
           f'{sum(r["seconds"] for r in mine if r["method"] in methods and r["seed"] in seeds):.0f} s of training '
           f'and evaluation in the runs shown')

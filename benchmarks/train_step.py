@@ -1,7 +1,7 @@
 """Training-step speed and memory: a plain PyTorch DADA loop (the baseline, written from the reference's
 description) against our fastai Learner in faithful and fast mode, side by side.
 
-    python benchmarks/train_step.py --device cpu --size 128x256 --iters 5     # about a minute on CPU
+    python benchmarks/train_step.py --device cpu --size 128x256 --iters 5     # a few minutes on CPU
     python benchmarks/train_step.py --device cuda --iters 50                  # paper sizes on a GPU
 
 The plain loop and the faithful mode run in IEEE float32 (TF32 off) with cuDNN's autotuner on, as the reference
@@ -162,7 +162,9 @@ def run_one(args) -> dict:
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
-    return {'config': args.only, 'it_per_s': args.iters / secs, 'peak_gib': peak}
+    from dada_fastai.learner import default_precision
+    precision = default_precision(device) if args.only.startswith('fast') else 'fp32'
+    return {'config': args.only, 'it_per_s': args.iters / secs, 'peak_gib': peak, 'precision': precision}
 
 
 def _sizes(args):
@@ -208,20 +210,31 @@ def main(argv=None):
     _report(rows, args)
 
 
+def _cpu_name() -> str:
+    """The processor, with whether it computes bf16 natively (fast mode's default precision on CPU follows it)."""
+    from dada_fastai.learner import cpu_has_native_bf16
+    try:
+        name = torch.cpu.get_capabilities().get('cpu_name') or 'CPU'
+    except (AttributeError, RuntimeError):
+        import platform
+        name = platform.processor() or 'CPU'
+    return f"{name} CPU ({'native' if cpu_has_native_bf16() else 'no native'} bf16, {torch.get_num_threads()} threads)"
+
+
 def _report(rows, args):
     from rich.console import Console
     from rich.table import Table
     size_s, size_t = _sizes(args)
-    device = torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'
+    device = torch.cuda.get_device_name() if args.device.startswith('cuda') else _cpu_name()
     table = Table(title=f'DADA training step, reference DeepLab-v2 ResNet-101, {N_CLASSES} classes, batch 1+1, '
                         f'source {size_s[0]}x{size_s[1]}, target {size_t[0]}x{size_t[1]}, {device}, '
                         f'{args.iters} timed iterations')
-    for col in ('configuration', 'it/s', 's/it', 'peak memory (GiB)', 'vs plain'):
+    for col in ('configuration', 'precision', 'it/s', 's/it', 'peak memory (GiB)', 'vs plain'):
         table.add_column(col, justify='right' if col != 'configuration' else 'left')
     base = next(r['it_per_s'] for r in rows if r['config'] == 'plain') if any(r['config'] == 'plain' for r in rows) else None
     mem = 'GPU allocated' if args.device.startswith('cuda') else 'RSS'
     for r in rows:
-        table.add_row(r['config'], f"{r['it_per_s']:.3f}", f"{1 / r['it_per_s']:.2f}", f"{r['peak_gib']:.2f} ({mem})",
+        table.add_row(r['config'], r.get('precision', '-'), f"{r['it_per_s']:.3f}", f"{1 / r['it_per_s']:.2f}", f"{r['peak_gib']:.2f} ({mem})",
                       f"{r['it_per_s'] / base:.2f}x" if base else '-')
     Console().print(table)
     if args.json:

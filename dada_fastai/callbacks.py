@@ -490,11 +490,16 @@ class DeviceMixedPrecision(MixedPrecision):
         return 'mixed_precision'
 
     def before_fit(self):
-        super().before_fit()
+        with warnings.catch_warnings():  # fastai's own set-up warns that CUDA autocast is off: this one replaces it
+            warnings.filterwarnings('ignore', message='CUDA is not available')
+            super().before_fit()
         device = self.dls.device.type if getattr(self.dls, 'device', None) is not None else 'cpu'
         dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
         self.autocast = torch.autocast(device, dtype=dtype)
         self.learn.scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+
+    def after_pred(self):  # (seg, None) without the depth block: fastai's `to_float` fails on None
+        self.learn.pred = tuple(p.float() if p is not None and torch.is_floating_point(p) else p for p in self.pred)
 
     def before_batch(self):
         self.learn.scaler_stepped = False  # set when an optimizer steps through the scaler this iteration

@@ -89,14 +89,15 @@ def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config
 
 def model_meta(learn) -> dict:
     """What is needed to rebuild the model for inference: architecture, classes, method, normalisation, and
-    how the target images were brought to its input size (`fit`: 'stretch' or 'pad')."""
+    how the target images were brought to its input size (`fit`: 'stretch' or 'pad'; `target_size`: (H, W))."""
     cfg = getattr(learn, 'dada_config', {})
     method = cfg.get('method')
     proto = cfg.get('protocol')
     return {'arch': cfg.get('arch'), 'n_classes': proto.n_classes if proto else None,
             'depth_block': getattr(method, 'depth_block', True), 'feature_fusion': getattr(method, 'feature_fusion', True),
             'adapt': list(getattr(method, 'adapt', ())), 'norm': getattr(learn.dls, 'norm', None),
-            'layers': cfg.get('layers'), 'fit': getattr(getattr(learn.dls, 'target_ds', None), 'fit', 'stretch')}
+            'layers': cfg.get('layers'), 'fit': getattr(getattr(learn.dls, 'target_ds', None), 'fit', 'stretch'),
+            'target_size': list(getattr(learn.dls, 'target_size', None) or []) or None}
 
 
 def _plain(obj):
@@ -184,14 +185,14 @@ class Checkpointer(Callback):
         epoch, done = self.epoch, getattr(inner, 'skip', 0) + (self.iter + 1) * max(num_distrib(), 1)
         if self.iter + 1 >= self.n_iter:
             epoch, done = epoch + 1, 0  # the epoch is complete: resume at the next one
-        save_checkpoint(self.learn, last, self.train_iter, epoch, done, scaler=self.scaler)
+        save_checkpoint(self.learn, last, self.train_iter, epoch, done, scaler=self.kept_scaler)
 
     def before_fit(self):
-        self.scaler = None
+        self.kept_scaler = None
 
     def after_batch(self):
         # fastai's mixed precision drops its scaler before this callback's after_fit: keep a reference
-        self.scaler = getattr(self.learn, 'scaler', None) or self.scaler
+        self.kept_scaler = getattr(self.learn, 'scaler', None) or self.kept_scaler
         if self.training and self.every and self.train_iter % self.every == 0:
             guard = getattr(self.learn, 'non_finite_guard', None)
             if guard is not None:

@@ -14,7 +14,7 @@ from fastcore.script import anno_parser, store_true
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ['main', 'train', 'evaluate', 'predict', 'data_report', 'COMMANDS']
+__all__ = ['main', 'train', 'evaluate', 'predict', 'data_report', 'runs', 'COMMANDS']
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -63,6 +63,11 @@ def train(
     deterministic: Annotated[bool, 'deterministic algorithms where torch offers them (slower)', BOOL] = None,
     workers: int = None,  # data-loading workers
     on_nan: Annotated[str, 'what a NaN/inf loss does: stop with a message, or skip the iteration', {'choices': ['stop', 'skip']}] = None,
+    log: Annotated[str, 'also log scalars and image grids to tensorboard, wandb, or both (tensorboard,wandb); history.csv and curves.png are always written'] = None,
+    log_every: int = None,  # iterations between history rows (default: about 1000 rows a run)
+    image_every: int = None,  # iterations between TensorBoard/W&B image grids (default: about 20 a run)
+    progress: Annotated[str, 'progress bars on a terminal or in a notebook and one plain line every --print-every iterations otherwise (auto), or force bar, lines, none', {'choices': ['auto', 'bar', 'lines', 'none']}] = None,
+    print_every: int = None,  # iterations between plain progress lines (default: about 60 a run)
     list_presets: Annotated[store_true, 'list the built-in presets and exit'] = False,
 ):
     """Train a DADA (or AdvEnt, source-only, ablation) model and evaluate it on the target validation set."""
@@ -81,13 +86,15 @@ def train(
             console.print('[bold]No --source/--target given: training on the built-in synthetic-to-real toy pair.[/]')
         res = train_run(cfg, console=console)
     _print_iou(res, f'target validation after {res["iters"]} iterations ({res["seconds"]:.0f} s)')
-    console.print(f'run folder: {res["run_dir"]}  (results.png, results.json, last.pth, export.safetensors)')
+    console.print(f'run folder: {res["run_dir"]}  (results.png, results.json, history.csv, curves.png, last.pth, '
+                  'export.safetensors)')
     return 0
 
 
 _TRAIN_OPTIONS = ('source', 'target', 'classes', 'method', 'arch', 'pretrained', 'weights', 'iters', 'source_size',
                   'target_size', 'bs', 'lr', 'd_lr', 'schedule', 'seed', 'out', 'checkpoint_every', 'eval_every',
-                  'val_max', 'device', 'mode', 'workers', 'on_nan', 'precision', 'compile', 'bn', 'deterministic')
+                  'val_max', 'device', 'mode', 'workers', 'on_nan', 'precision', 'compile', 'bn', 'deterministic',
+                  'log', 'log_every', 'image_every', 'progress', 'print_every')
 
 
 def _print_iou(res: dict, title: str) -> None:
@@ -160,8 +167,25 @@ def data_report(
     return 0
 
 
-COMMANDS = {'train': train, 'evaluate': evaluate, 'predict': predict, 'data-report': data_report}
-_POSITIONAL = {'evaluate': ['model'], 'predict': ['model', 'inputs'], 'data-report': []}
+def runs(
+    dirs: Annotated[str, 'run folders, or folders that hold them (default: ./runs)', {'nargs': '*'}] = None,
+    sort: Annotated[str, 'sort by this column (numbers: largest first)', {'choices': ['run', 'method', 'arch', 'iters', 'miou', 'miou13', 'date', 'duration', 'status']}] = 'date',
+    reverse: Annotated[store_true, 'reverse the order'] = False,
+    per_class: Annotated[store_true, 'add the IoU of each class'] = False,
+    json_out: Annotated[store_true, 'print one JSON list'] = False,
+):
+    """List training runs side by side: method, backbone, iterations, mIoU, mIoU*, date, duration, state."""
+    from .runs_table import collect_runs, print_runs
+    found = collect_runs(dirs or ['runs'], sort=sort, reverse=reverse)
+    if json_out:
+        print(json.dumps(found))
+    else:
+        print_runs(found, console=console, per_class=per_class)
+    return 0
+
+
+COMMANDS = {'train': train, 'evaluate': evaluate, 'predict': predict, 'data-report': data_report, 'runs': runs}
+_POSITIONAL = {'evaluate': ['model'], 'predict': ['model', 'inputs'], 'data-report': [], 'runs': ['dirs']}
 
 
 def _parser(name: str) -> argparse.ArgumentParser:
@@ -237,7 +261,7 @@ def _message(e: BaseException) -> str:
 
 
 def _fail(msg: str, code: int = 1):
-    err_console.print(f'dada-fastai: error: {msg}', highlight=False, soft_wrap=True)
+    err_console.print(f'dada-fastai: error: {msg}', highlight=False, markup=False, soft_wrap=True)
     raise SystemExit(code)
 
 

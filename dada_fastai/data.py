@@ -8,7 +8,9 @@ are `(x_trg, mask_trg)` with the masks kept at the label's full resolution, as t
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,12 +18,12 @@ import torch
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import IntToFloatTensor, Normalize
-from fastai.torch_core import TensorImageBase
+from fastai.torch_core import TensorImageBase, TensorMask
 from fastai.vision.core import PILImage, PILMask, TensorImage, ToTensor, image2tensor
 from fasttransform import ItemTransform, Transform
 from PIL import Image
 
-from .datasets import DomainDataset, Sample, image_size, open_dataset
+from .datasets import DatasetError, DomainDataset, Sample, _to_rgb, image_size, open_dataset, read_array
 from .losses import IGNORE_INDEX
 from .protocols import get_protocol
 
@@ -29,7 +31,8 @@ __all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'Read
            'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'TargetSampler', 'PairedDL', 'PairedAugment', 'ToBGR',
            'normalization', 'dada_datablock', 'target_datablock', 'dada_dataloaders', 'parse_size',
            'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb', 'resize_with_pad', 'pad_to_aspect', 'fit_to_size',
-           'padded_content_size']
+           'padded_content_size', 'TensorClassMap', 'IMAGE_ITEMS', 'image_to_rgb', 'image_item_size',
+           'image_item_problem', 'check_image_items', 'DADADataLoaders']
 
 PAPER_SOURCE_SIZE = (760, 1280)  # (H, W) of SYNTHIA images in the paper's recipe
 PAPER_TARGET_SIZE = (512, 1024)  # (H, W) of Cityscapes images in the paper's recipe
@@ -114,6 +117,20 @@ class PILDepth(PILMask):
         return _show_depth(np.asarray(self), ctx, **kwargs)
 
 
+class TensorClassMap(TensorMask):
+    """A class map (H, W) of train ids (`TensorMask`) that `show` draws in the colours of its `protocol`
+    (`Protocol.colorize`: ignored pixels black); `codes` are the class names."""
+
+    def show(self, ctx=None, **kwargs):
+        proto = getattr(self, 'protocol', None)
+        if proto is None:
+            return super().show(ctx=ctx, **kwargs)
+        from fastai.torch_core import show_image
+        rgb = proto.colorize(np.asarray(self.detach().cpu().as_subclass(torch.Tensor).numpy()))
+        kw = {k: v for k, v in kwargs.items() if k in ('title', 'figsize', 'alpha')}
+        return show_image(rgb, ctx=ctx, interpolation='nearest', **kw)
+
+
 @ToTensor
 def encodes(self, o: PILDepth):
     """PILDepth -> TensorDepth (1, H, W): the channel kept, so batches are (B, 1, H, W) like the model's depth."""
@@ -168,16 +185,113 @@ def fit_to_size(img: Image.Image, size: tuple[int, int] | None, resample: int, f
     return img.resize((size[1], size[0]), resample)
 
 
+IMAGE_ITEMS = ('a path (str or Path), a PIL image, or a numpy array (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA '
+               'of uint8 or uint16')
+
+
+def image_item_problem(item) -> str | None:
+    """What makes `item` unusable as an image (one line: what, where, what to do), None when it looks usable;
+    checked without decoding (a file that cannot be decoded is reported when it is read)."""
+    if isinstance(item, DataItem) or isinstance(item, Image.Image):
+        return None
+    if isinstance(item, (str, Path)):
+        p = Path(item)
+        if p.is_dir():
+            return f"{p} is a folder, not an image; pass its image files (for example fastai's get_image_files)"
+        return None if p.is_file() else f'image file not found: {p}; check the path'
+    if isinstance(item, np.ndarray):
+        return _array_problem(item, f'numpy array of shape {item.shape} and type {item.dtype}')
+    return f'a {type(item).__name__} cannot be read as an image; pass {IMAGE_ITEMS}'
+
+
+def _array_problem(arr: np.ndarray, what: str) -> str | None:
+    if not (arr.dtype.kind == 'u' and arr.dtype.itemsize in (1, 2)):
+        return (f'{what}: pixels must be uint8 or uint16; convert it first '
+                '(for example (x * 255).round().astype(np.uint8) for floats in [0, 1])')
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))) or 0 in arr.shape[:2]:
+        return f'{what}: expected (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA (channels last); reshape it'
+    return None
+
+
+def _pil_array(img: Image.Image) -> np.ndarray:
+    """A PIL image as an array for `image_to_rgb`: gray ('L'), RGB, RGBA and 16-bit gray ('I;16*') as stored,
+    32-bit integer gray ('I') as 16 bits when its values fit, other modes converted to RGB by Pillow."""
+    if img.mode.startswith('I;16'):
+        return np.asarray(img).astype(np.uint16)  # native byte order
+    if img.mode == 'I':
+        arr = np.asarray(img)
+        return arr.astype(np.uint16) if arr.size and arr.min() >= 0 and arr.max() <= 65535 else arr
+    if img.mode == 'F':
+        return np.asarray(img)  # refused: float pixels
+    return np.asarray(img if img.mode in ('L', 'RGB', 'RGBA') else img.convert('RGB'))
+
+
+def image_to_rgb(item) -> np.ndarray:
+    """An image item -> (H, W, 3) uint8 RGB, by the datasets' rule (`datasets._to_rgb`): 16-bit values scaled to
+    8 bits (// 257), gray repeated in the three channels, the alpha channel of RGBA dropped (not blended over a
+    background). Items: a dataset's `DataItem`; a path (str or Path; decoded with OpenCV, bit depth kept); a PIL
+    image (modes other than L, RGB, RGBA and 16-bit gray converted to RGB by Pillow first); a numpy array
+    (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA of uint8 or uint16. Anything else, or a file that cannot
+    be read, raises `DatasetError` in one line."""
+    if isinstance(item, DataItem):
+        return item.ds.read_image(item.sample)
+    problem = image_item_problem(item)
+    if problem is not None:
+        raise DatasetError(problem)
+    if isinstance(item, (str, Path)):
+        return _to_rgb(read_array(item), Path(item))
+    if isinstance(item, Image.Image):
+        what, arr = f'PIL image of mode {item.mode} ({item.width}x{item.height})', _pil_array(item)
+        if (problem := _array_problem(arr, what)) is not None:
+            raise DatasetError(problem)
+    else:
+        what, arr = f'numpy array of shape {item.shape}', item
+    arr = arr.astype(np.uint16 if arr.dtype.itemsize == 2 else np.uint8, copy=False)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # RGB(A) -> the BGR(A) channel order `_to_rgb` takes from OpenCV
+        arr = arr[..., [2, 1, 0, 3][:arr.shape[2]]]
+    return _to_rgb(np.ascontiguousarray(arr), what)
+
+
+def image_item_size(item) -> tuple[int, int]:
+    """(H, W) of an image item as `image_to_rgb` reads it (from the header for PNG and JPEG files)."""
+    if isinstance(item, DataItem):
+        return tuple(image_size(item.sample.image))
+    if isinstance(item, Image.Image):
+        return item.height, item.width
+    if isinstance(item, np.ndarray):
+        return tuple(item.shape[:2])
+    if (problem := image_item_problem(item)) is not None:
+        raise DatasetError(problem)
+    return tuple(image_size(item))
+
+
+def check_image_items(items) -> list:
+    """The items of a test set as a list (one item alone becomes a list of one), each checked with
+    `image_item_problem`; an empty list or a bad item raises `DatasetError` naming the item's position."""
+    single = (str, Path, DataItem, Image.Image)
+    if isinstance(items, single) or (isinstance(items, np.ndarray) and items.ndim <= 3) or not isinstance(items, Iterable):
+        items = [items]
+    items = list(items)
+    if not items:
+        raise DatasetError(f'no images to predict on: the list of test items is empty; pass {IMAGE_ITEMS}')
+    for i, item in enumerate(items):
+        if (problem := image_item_problem(item)) is not None:
+            raise DatasetError(f'test item {i}: {problem}')
+    return items
+
+
 class ReadImage:
-    """DataItem -> PILImage (RGB) brought to `size` (H, W) with bicubic interpolation (padded black where the
-    dataset keeps the aspect ratio)."""
+    """An image item -> PILImage (RGB) brought to `size` (H, W) with bicubic interpolation (padded black where the
+    images keep their aspect ratio). A `DataItem` is brought to size as its dataset says (`fit`); any other item
+    that `image_to_rgb` reads (path, PIL image, numpy array) as `fit` says: 'stretch' or 'pad'."""
 
-    def __init__(self, size: tuple[int, int] | None):
-        self.size = size
+    def __init__(self, size: tuple[int, int] | None, fit: str = 'stretch'):
+        self.size, self.fit = size, fit
 
-    def __call__(self, item: DataItem) -> PILImage:
-        img = Image.fromarray(item.ds.read_image(item.sample))
-        return PILImage(fit_to_size(img, self.size, Image.BICUBIC, (0, 0, 0), item.ds.fit))
+    def __call__(self, item) -> PILImage:
+        fit = item.ds.fit if isinstance(item, DataItem) else self.fit
+        img = Image.fromarray(image_to_rgb(item))
+        return PILImage(fit_to_size(img, self.size, Image.BICUBIC, (0, 0, 0), fit))
 
 
 class ReadMask:
@@ -213,9 +327,10 @@ def SourceImageBlock(size: tuple[int, int] | None) -> TransformBlock:
     return TransformBlock(type_tfms=ReadImage(size), batch_tfms=IntToFloatTensor)
 
 
-def TargetImageBlock(size: tuple[int, int] | None) -> TransformBlock:
-    """Target images read and resized to the target size (read as the source's are)."""
-    return SourceImageBlock(size)
+def TargetImageBlock(size: tuple[int, int] | None, fit: str = 'stretch') -> TransformBlock:
+    """Target images read and resized to the target size (read as the source's are); images that are not a
+    dataset's items (test images) are brought to it as `fit` says."""
+    return TransformBlock(type_tfms=ReadImage(size, fit), batch_tfms=IntToFloatTensor)
 
 
 def MaskBlockFor(size: tuple[int, int] | None, codes: Sequence[str], frame: tuple[int, int] | None = None) -> TransformBlock:
@@ -456,10 +571,13 @@ def dada_datablock(targets: Sequence[DataItem], codes: Sequence[str], source_siz
                      batch_tfms=list(norm), dl_type=PairedDL)
 
 
-def target_datablock(codes: Sequence[str], target_size=PAPER_TARGET_SIZE, norm: Sequence = ()) -> DataBlock:
-    """The evaluation DataBlock: target image resized to `target_size`, mask at its full resolution."""
-    return DataBlock(blocks=(TargetImageBlock(target_size), MaskBlockFor(None, codes, target_size)), n_inp=1,
-                     splitter=_all_train, batch_tfms=list(norm))
+def target_datablock(codes: Sequence[str], target_size=PAPER_TARGET_SIZE, norm: Sequence = (),
+                     depth: bool = False, fit: str = 'stretch') -> DataBlock:
+    """The evaluation DataBlock: target image resized to `target_size`, mask at its full resolution, and with
+    `depth` the target's inverse depth (or disparity) at its full resolution, for the depth metrics. `fit` is how
+    test images (`DADADataLoaders.test_dl`) reach `target_size`: the target dataset's."""
+    blocks = (TargetImageBlock(target_size, fit), MaskBlockFor(None, codes, target_size)) + ((DepthBlock(None),) if depth else ())
+    return DataBlock(blocks=blocks, n_inp=1, splitter=_all_train, batch_tfms=list(norm))
 
 
 def _all_train(items: Sequence) -> tuple[list[int], list[int]]:
@@ -499,13 +617,31 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
                      n=epoch_len * bs if epoch_len else None, after_item=block.item_tfms,
                      after_batch=block.batch_tfms, **common)
     train.protocol = proto
-    vblock = target_datablock(proto.classes, target_size, norm_tfms)
+    vblock = target_datablock(proto.classes, target_size, norm_tfms, depth=bool(getattr(trg, 'has_depth', False)),
+                              fit=getattr(trg, 'fit', 'stretch'))
     vdsets = vblock.datasets(val_items, verbose=False)
     valid = TfmdDL(vdsets.train, bs=val_bs, shuffle=False, after_item=vblock.item_tfms,
                    after_batch=vblock.batch_tfms, **common)
-    dls = DataLoaders(train, valid, device=device)
+    dls = DADADataLoaders(train, valid, device=device)
     dls.protocol, dls.source_ds, dls.target_ds, dls.norm = proto, src, trg, norm
+    dls.target_size = target_size
     return dls
+
+
+class DADADataLoaders(DataLoaders):
+    """The `DataLoaders` of DADA: `train` pairs source samples with target images, `valid` is the labelled target
+    validation set; `test_dl` reads new images as the target's."""
+
+    def test_dl(self, test_items, rm_type_tfms=None, with_labels: bool = False, **kwargs) -> TfmdDL:
+        """fastai's `test_dl`: a DataLoader of `test_items` read, brought to the target size (stretched, or padded
+        where the target dataset keeps the aspect ratio) and normalised as the validation images, in batches of
+        the validation batch size. Items: paths (str or Path), PIL images, numpy arrays (H, W[, 3 or 4]) of uint8 or
+        uint16, or datasets' `DataItem`s (`with_labels=True` then gives their masks too); converted by
+        `image_to_rgb`'s rule (16 bits scaled to 8, gray repeated, alpha dropped). An empty list or an item of
+        another kind raises `DatasetError`."""
+        items = check_image_items(test_items)
+        return super().test_dl(items, rm_type_tfms=0 if rm_type_tfms is None else rm_type_tfms,
+                               with_labels=with_labels, **kwargs)
 
 
 def _augmentations(source_size: tuple[int, int] | None, target_size: tuple[int, int] | None = None) -> list:

@@ -629,10 +629,13 @@ def write_synthia_sample(root: str | Path, name: str, rgb: np.ndarray, class_ids
 
 
 def write_cityscapes_sample(root: str | Path, split: str, city: str, stem: str, rgb: np.ndarray,
-                            label_ids: np.ndarray | None = None) -> None:
+                            label_ids: np.ndarray | None = None, disparity: np.ndarray | None = None) -> None:
     """Write one Cityscapes sample: leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png and, when given,
-    gtFine/{split}/{city}/{stem}_gtFine_labelIds.png (8-bit labelIds)."""
+    gtFine/{split}/{city}/{stem}_gtFine_labelIds.png (8-bit labelIds) and disparity/{split}/{city}/
+    {stem}_disparity.png (16-bit, the stored p = 256 d + 1, 0 = invalid)."""
     root = Path(root)
     write_png(root / 'leftImg8bit' / split / city / f'{stem}_leftImg8bit.png', rgb)
     if label_ids is not None:
         write_png(root / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png', np.asarray(label_ids, np.uint8))
+    if disparity is not None:
+        write_png(root / 'disparity' / split / city / f'{stem}_disparity.png', np.asarray(disparity, np.uint16))

@@ -12,7 +12,7 @@ from PIL import Image
 from .callbacks import tf32
 from .checkpoint import CheckpointError, load_inference_file
 from .data import depth_to_rgb, fit_to_size, normalization, padded_content_size, parse_size
-from .datasets import DatasetError, open_dataset, read_array, write_png
+from .datasets import DatasetError, open_dataset, write_png
 from .learner import ConfusionMatrix, confusion_matrix, finite_mean, iou_from_confusion
 from .losses import IGNORE_INDEX, upsample
 from .model import DADA, REFERENCE_ARCH
@@ -57,14 +57,36 @@ class LoadedModel:
         dep = back(depth)[0, 0].float().cpu().numpy() if depth is not None else None
         return pred, dep
 
-    def predict(self, rgb: np.ndarray, size: tuple[int, int] | None):
-        """(class map, inverse depth or None) at the image's own size, the image brought to `size` as the
-        model's training target was (`meta['fit']`: stretched, or kept in aspect and padded; then the padding
-        is cut off the prediction before it is resized back)."""
-        h, w = rgb.shape[:2]
-        if self.meta.get('fit', 'stretch') != 'pad' or size is None:
-            return self(rgb, size, (h, w))
-        return self(rgb, size, (h, w), 'pad', padded_content_size((h, w), size))
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The size (H, W) the model's target images were brought to in training (None when unknown: images then
+        keep their size)."""
+        return parse_size(self.meta.get('target_size') or self.run_config.get('target_size'))
+
+    @torch.no_grad()
+    def predict(self, item, *, size='original', input_size=None) -> tuple:
+        """What `DADALearner.predict` returns, for one image item (a path, PIL image or numpy array, read by
+        `data.image_to_rgb`'s rule): fastai's triple `((TensorClassMap (H, W), TensorDepth (1, H, W)),
+        (class ids (H, W) int64, inverse depth (1, H, W)), (class probabilities (C, H, W), inverse depth
+        (1, H, W)))` on the CPU, the depth None without the depth block. The image is brought to `input_size`
+        (default: `self.input_size`, the training target size) as the model's training target was (`meta['fit']`:
+        stretched, or kept in aspect and padded); `size`: 'original' (the image's own size, the padding cut off
+        before resizing back), 'input' or an (H, W)."""
+        from .learner import prediction_to_size, prediction_triple
+        from .data import image_to_rgb
+        rgb = image_to_rgb(item)
+        fit = self.meta.get('fit', 'stretch')
+        x = self.preprocess(rgb, parse_size(input_size) if input_size is not None else self.input_size, fit)
+        seg, depth = self.model(x)
+        in_hw = tuple(x.shape[-2:])
+        if size == 'original':
+            out_hw = rgb.shape[:2]
+        else:
+            out_hw, fit = (in_hw if size == 'input' else parse_size(size)), 'stretch'
+        seg = prediction_to_size(seg.float(), in_hw, out_hw, fit)
+        depth = prediction_to_size(depth.float(), in_hw, out_hw, fit)[0].cpu() if depth is not None else None
+        probs = torch.softmax(seg, 1)
+        return prediction_triple(probs[0].cpu(), probs.argmax(1)[0].cpu(), depth, self.protocol)
 
 
 def load_model(path: str | Path, device: str | torch.device = 'auto') -> LoadedModel:
@@ -171,12 +193,8 @@ def predict_files(model: str | Path, inputs, out: str | Path, size: str | None =
     out = Path(out)
     written = []
     for f in _expand_inputs(inputs):
-        rgb = read_array(f)
-        if rgb.ndim == 2:
-            rgb = np.stack([rgb] * 3, -1)
-        rgb = np.ascontiguousarray(rgb[..., 2::-1]).astype(np.uint8)  # OpenCV's BGR(A) -> RGB
-        pred, depth = lm.predict(rgb, size)
-        written.append(write_png(out / f'{f.stem}_seg.png', lm.protocol.colorize(pred)))
+        _, (pred, depth), _ = lm.predict(f, input_size=size)  # read as the datasets read images (`image_to_rgb`)
+        written.append(write_png(out / f'{f.stem}_seg.png', lm.protocol.colorize(pred.numpy())))
         if depth is not None:
-            written.append(write_png(out / f'{f.stem}_depth.png', depth_to_rgb(depth)))
+            written.append(write_png(out / f'{f.stem}_depth.png', depth_to_rgb(depth[0])))
     return written

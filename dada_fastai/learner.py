@@ -12,18 +12,21 @@ import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler
 from fastai.data.core import DataLoaders
+from fastai.callback.core import Callback
 from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
 from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
                         NonFiniteGuard, SetEpoch, ThrottledProgress, poly_decay)
+from .metrics import DepthAccuracy
 from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
 
 __all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU', 'finite_mean',
-           'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference']
+           'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'default_precision',
+           'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -72,15 +75,19 @@ def method_config(method: str | MethodConfig) -> MethodConfig:
 # ---------------------------------------------------------------------------------------------------------
 class DADALoss:
     """Source loss for fastai: predictions (seg, depth) upsampled to the label size, then
-    lambda_seg CE + lambda_depth berHu; on validation batches (no depth) the CE alone."""
+    lambda_seg CE + lambda_depth berHu; on validation batches (no depth) the CE alone. `depth_scale`
+    multiplies the inverse-depth targets (1 in the reference: SYNTHIA's 65536 / (cm + 1), up to ~650 near
+    the camera), so that the depth head predicts `depth_scale` x that."""
 
-    def __init__(self, lambdas: Lambdas = Lambdas()):
-        self.lambdas, self.parts = lambdas, {}
+    def __init__(self, lambdas: Lambdas = Lambdas(), depth_scale: float = 1.):
+        self.lambdas, self.depth_scale, self.parts = lambdas, depth_scale, {}
 
     def __call__(self, pred, mask, depth=None):
         seg, dep = pred
         size = mask.shape[-2:]
         up_dep = upsample(dep, size) if dep is not None and depth is not None else None
+        if depth is not None and self.depth_scale != 1:
+            depth = depth * self.depth_scale
         total, self.parts = source_loss(upsample(seg, size), up_dep, mask, depth, self.lambdas)
         return total
 
@@ -136,18 +143,25 @@ class ConfusionMatrix:
 
 class MeanIoU(Metric):
     """mIoU (%) on the validation set, over all classes or a subset (mIoU* of the 16-class protocol).
-    The metric without a subset fills the shared `ConfusionMatrix`; put it first."""
+    The metric without a subset fills the shared `ConfusionMatrix` (and `depth`, on batches with the
+    target's depth); put it first."""
 
-    def __init__(self, cm: ConfusionMatrix, subset: Sequence[int] | None = None, name: str = 'miou'):
-        self.cm, self.subset, self._name = cm, subset, name
+    def __init__(self, cm: ConfusionMatrix, subset: Sequence[int] | None = None, name: str = 'miou',
+                 depth: DepthAccuracy | None = None):
+        self.cm, self.subset, self._name, self.depth = cm, subset, name, depth
 
     def reset(self):
         if self.subset is None:
             self.cm.reset()
+            if self.depth is not None:
+                self.depth.reset()
 
     def accumulate(self, learn):
         if self.subset is None:
             self.cm.accumulate(learn.pred[0], learn.yb[0])
+            gt = getattr(learn, 'depth_yb', None)
+            if self.depth is not None and gt is not None and learn.pred[1] is not None:
+                self.depth.accumulate(upsample(learn.pred[1].float(), gt.shape[-2:]), gt)
 
     @property
     def value(self):
@@ -178,6 +192,9 @@ class DADALearner(Learner):
         # training batches have two inputs (source and target images), validation batches one
         i = getattr(self.dl, 'n_inp', 1 if len(b) == 1 else len(b) - 1)
         self.xb, self.yb = b[:i], b[i:]
+        self.depth_yb = None
+        if i == 1 and len(b) == 3:  # a validation batch with the target's depth: for the depth metrics only
+            self.yb, self.depth_yb = b[1:2], b[2]
 
     def fit(self, *args, **kwargs):
         try:
@@ -231,12 +248,17 @@ class DADALearner(Learner):
         return self.confusion.per_class()
 
     def evaluate(self, dl=None) -> dict:
-        """Validate on `dl` (default: the target validation set): {'miou', 'miou13', 'per_class'} in percent."""
+        """Validate on `dl` (default: the target validation set): {'miou', 'miou13', 'per_class'} in percent,
+        and 'depth' (`metrics.DepthAccuracy.result`: δ<1.25, abs-rel, a constant's) when the set has depth."""
         self.validate(dl=dl)
         iou = iou_from_confusion(self.confusion.cm)
         sub = self.protocol.subset13
-        return {'miou': finite_mean(iou), 'miou13': finite_mean(iou[list(sub)]) if sub is not None else None,
-                'per_class': self.per_class_iou()}
+        res = {'miou': finite_mean(iou), 'miou13': finite_mean(iou[list(sub)]) if sub is not None else None,
+               'per_class': self.per_class_iou()}
+        depth = self.dada_config['depth'].result()
+        if depth is not None:
+            res['depth'] = depth
+        return res
 
     def predict_batch(self, x: torch.Tensor, size: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(class map (B,H,W), inverse depth (B,1,H,W) or None) for normalised images, upsampled to `size`."""
@@ -255,7 +277,7 @@ class DADALearner(Learner):
         axs = get_grid(4 * n, nrows=n, ncols=4, figsize=figsize or (16, 2.6 * n),
                        title='target image / ground truth / prediction / predicted depth')
         proto = self.protocol
-        for i, (x, y) in zip(range(n), dl):  # one image at a time: validation images may differ in size
+        for i, (x, y, *_) in zip(range(n), dl):  # one image at a time: validation images may differ in size
             pred, depth = self.predict_batch(x, y.shape[-2:])
             dl.decode((x,))[0][0].show(ctx=axs[4 * i])
             axs[4 * i + 1].imshow(proto.colorize(y[0].cpu().numpy()))
@@ -266,6 +288,203 @@ class DADALearner(Learner):
                 a.axis('off')
         return axs
 
+    # -- fastai's inference calls -------------------------------------------------------------------------
+    def get_preds(self, ds_idx: int = 1, dl=None, with_input: bool = False, with_decoded: bool = False,
+                  with_loss: bool = False, act=None, inner: bool = False, reorder: bool = True, cbs=None,
+                  size='input', **kwargs) -> tuple:
+        """fastai's `get_preds` for the two outputs of DADA, typically on `learn.dls.test_dl(items)`. Returns
+        `(preds, targs)`, fastai's order with `with_input` first, `with_decoded` after the targets and `with_loss`
+        last, where
+
+        - `preds` is `(probs, depth)`: class probabilities (N, C, H, W) (softmax of the logits, or `act`'s) and
+          predicted inverse depth (N, 1, H, W) (None for a model without the depth block);
+        - the decoded predictions are `(class ids (N, H, W) int64, depth)`;
+        - `targs` are the DataLoader's targets (None for a test DataLoader).
+
+        The model predicts at a fraction of its input; its logits and depth are upsampled bilinearly
+        (align_corners=True, as `evaluate` does) to `size`: 'input' (the model's input size: the target size
+        the images were brought to), an (H, W), or 'original': each image's own size, the padding cut off where
+        the images keep their aspect ratio, as the `predict` command writes them; then `probs`, `depth` and the
+        decoded tensors are `L`s of (C, h, w), (1, h, w) and (h, w) tensors, one per image."""
+        from fastai.data.load import DataLoader
+        from fastai.learner import _ConstantFunc
+        from fastai.torch_core import nested_reorder
+        from fastcore.foundation import L
+        if size not in ('input', 'original'):
+            from .data import parse_size
+            size = parse_size(size)
+        if dl is None:
+            dl = self.dls[ds_idx].new(shuffle=False, drop_last=False)
+        elif isinstance(dl, DataLoader) and dl.drop_last:
+            dl = dl.new(shuffle=False, drop_last=False)
+        idxs = None
+        if reorder and hasattr(dl, 'get_idxs'):  # as fastai does, with the order kept for the predictions too
+            idxs = list(dl.get_idxs())
+            dl = dl.new(get_idxs=_ConstantFunc(idxs))
+        kwargs.pop('with_preds', None)
+        gather = _GatherSegDepth()
+        res = list(super().get_preds(dl=dl, with_input=with_input, with_loss=with_loss, inner=inner, reorder=False,
+                                     cbs=L(cbs) + [gather], with_preds=False, **kwargs))
+        pos = 1 if with_input else 0  # fastai's slot of the predictions, left empty (with_preds=False)
+        act = act if act is not None else getattr(self.loss_func, 'activation', lambda p: p)
+        decodes = getattr(self.loss_func, 'decodes', lambda p: p)
+        items = getattr(getattr(dl, 'dataset', None), 'items', None)
+        if size == 'original' and items is None:
+            raise ValueError("size='original' needs a DataLoader of image items to know their sizes; "
+                             'pass dl=learn.dls.test_dl(items)')
+        chunks, n = [], 0  # (activated, decoded) per batch, or per image for 'original'
+        for seg, depth, in_hw in gather.batches:
+            if size == 'original':
+                for j in range(len(seg)):
+                    item = items[idxs[n] if idxs is not None else n]
+                    chunks.append(self._activate(seg[j:j + 1], None if depth is None else depth[j:j + 1], act,
+                                                 decodes, in_hw, _item_hw(item), _item_fit(item, self.dls)))
+                    n += 1
+            else:
+                chunks.append(self._activate(seg, depth, act, decodes, in_hw, size if size != 'input' else in_hw))
+        preds, dec = _assemble([c[0] for c in chunks], size), _assemble([c[1] for c in chunks], size)
+        if idxs is not None:
+            order = torch.as_tensor(idxs).argsort()
+            res = [nested_reorder(r, order) for r in res]
+            preds, dec = nested_reorder(preds, order), nested_reorder(dec, order)
+        res[pos] = preds
+        if with_decoded:
+            res.insert(pos + 2, dec)
+        return tuple(res)
+
+    @staticmethod
+    def _activate(seg, depth, act, decodes, in_hw, out_hw, fit='stretch'):
+        """(activated, decoded) predictions of one batch, resized from the model's output to `out_hw`."""
+        seg = prediction_to_size(seg.float(), in_hw, out_hw, fit)
+        depth = prediction_to_size(depth.float(), in_hw, out_hw, fit) if depth is not None else None
+        pred = tuple(act((seg, depth)))
+        return pred, tuple(decodes(pred))
+
+    def predict(self, item, rm_type_tfms=None, with_input: bool = False, size='original'):
+        """fastai's `predict` for one image (a path, PIL image or numpy array: see `data.image_to_rgb`), read and
+        normalised as the target's validation images. Returns fastai's triple `(decoded, decoded_preds, preds)`
+        for the two outputs of DADA:
+
+        - `decoded`: `(class map, depth)`: a `TensorClassMap` (H, W) (a `TensorMask` whose `show` draws the
+          protocol's colours) and a `TensorDepth` (1, H, W) (`show`: near is warm);
+        - `decoded_preds`: `(class ids (H, W) int64, inverse depth (1, H, W))`;
+        - `preds`: `(class probabilities (C, H, W), inverse depth (1, H, W))`;
+
+        the depth None for a model without the depth block. `size`: 'original' (default: the image's own size,
+        as the `predict` command writes it), 'input' (the model's input size) or an (H, W). `with_input` puts the
+        decoded input image (at the model's input size) first. `dada_fastai.inference.LoadedModel.predict`
+        returns the same."""
+        dl = self.dls.test_dl([item], rm_type_tfms=rm_type_tfms, num_workers=0)
+        inp, (probs, depth), _, (ids, _) = self.get_preds(dl=dl, with_input=True, with_decoded=True, size=size)
+        res = prediction_triple(probs[0], ids[0], None if depth is None else depth[0], self.protocol)
+        return ((dl.decode((inp,))[0][0],) + res) if with_input else res
+
+    def summary(self):
+        """fastai's `summary` for DADA: the segmenter layer by layer on the first source image of one training
+        batch (both domains) with its output shapes on the batch's target image, each discriminator layer by
+        layer on the map it sees, the optimizers, the loss function and the callbacks."""
+        from fastai.callback.hook import module_summary
+        from fastcore.basics import PrettyString
+        from .losses import adaptation_map
+        b = self.dls.train.one_batch()
+        n_inp = getattr(self.dls.train, 'n_inp', 1)
+        x_src, x_trg = b[0], (b[1] if n_inp > 1 else b[0])
+        with self.removed_cbs(self.cbs.filter(lambda cb: isinstance(cb, ProgressCallback))):  # the same back after
+            res = f'Segmenter on the source images\n{module_summary(self, x_src)}'
+        self.model.eval()
+        with torch.no_grad():
+            seg_t, depth_t = self.model(x_trg[:1])
+            size_t = x_trg.shape[-2:]
+            up_seg = upsample(seg_t.float(), size_t)
+            up_depth = upsample(depth_t.float(), size_t) if depth_t is not None else None
+        shape = lambda t: ' x '.join(str(v) for v in t.shape)  # noqa: E731
+        res += (f'Segmenter on the target images (Input shape: {shape(x_trg[:1])}): segmentation {shape(seg_t)}, '
+                f'inverse depth {shape(depth_t) if depth_t is not None else "none (no depth block)"}\n\n')
+        discs = self.dada.discriminators if hasattr(self, 'dada') else {}
+        for kind, d in discs.items():
+            fmap = adaptation_map(up_seg, up_depth, kind)
+            d_learn = Learner(self.dls, d.to(fmap.device), loss_func=lambda *a: torch.zeros(()))
+            with d_learn.removed_cbs(d_learn.cbs.filter(lambda cb: isinstance(cb, ProgressCallback))):
+                res += f'Discriminator on the {kind} map of the target images\n{module_summary(d_learn, fmap)}'
+        if not discs:
+            res += 'No discriminator (trained on the source alone)\n\n'
+        res += f'Optimizer used: {self.opt_func}\n'
+        if discs:
+            res += f'Discriminators\' optimizer: Adam (lr {self.dada.d_lr}, betas {self.dada.d_betas})\n'
+        res += f'Loss function: {self.loss_func}\n\n'
+        if self.opt is not None:
+            res += 'Model ' + ('unfrozen\n\n' if self.opt.frozen_idx == 0 else
+                               f'frozen up to parameter group #{self.opt.frozen_idx}\n\n')
+        res += 'Callbacks:\n' + '\n'.join(f'  - {cb}' for cb in self.cbs.sorted('order'))
+        return PrettyString(res)
+
+
+class _GatherSegDepth(Callback):
+    """Keep each batch's raw logits, inverse depth (or None) and input size for `DADALearner.get_preds` (fastai's
+    own gathering concatenates predictions before they can be resized, and cannot hold a missing depth)."""
+
+    def before_validate(self):
+        self.batches = []
+
+    def after_batch(self):
+        seg, depth = self.learn.pred
+        det = self.learn.to_detach
+        self.batches.append((det(seg), det(depth) if depth is not None else None, tuple(self.learn.xb[0].shape[-2:])))
+
+
+def _item_hw(item) -> tuple[int, int]:
+    from .data import image_item_size
+    return image_item_size(item)
+
+
+def _item_fit(item, dls) -> str:
+    """How `item` was brought to the model's input size: its dataset's way, or the target dataset's."""
+    ds = getattr(item, 'ds', None) or getattr(dls, 'target_ds', None)
+    return getattr(ds, 'fit', 'stretch')
+
+
+def _assemble(chunks: list, size):
+    """Per-batch (or per-image) `(seg, depth)` pairs -> one pair: batches concatenated (fastai's `to_concat`:
+    an `L` of images where their sizes differ), images at their own size as `L`s."""
+    from fastai.torch_core import to_concat
+    from fastcore.foundation import L
+    if not chunks:
+        return None
+    out = []
+    for k in range(len(chunks[0])):
+        parts = [c[k] for c in chunks]
+        if parts[0] is None:
+            out.append(None)
+        elif size == 'original':
+            out.append(L(p[0] for p in parts))
+        else:
+            out.append(to_concat(parts))
+    return tuple(out)
+
+
+def prediction_to_size(x: torch.Tensor, input_hw: Sequence[int], out_hw: Sequence[int], fit: str = 'stretch') -> torch.Tensor:
+    """Logits or inverse depth (B, C, h, w) that the model gave for images brought to `input_hw` -> at `out_hw`,
+    bilinear with align_corners=True as `evaluate` upsamples; with `fit='pad'` (images that kept their aspect
+    ratio, padded at the right or bottom) the padding is cut off at the input size first and `out_hw` is the
+    images' own size."""
+    from .data import padded_content_size
+    input_hw, out_hw = tuple(input_hw), tuple(out_hw)
+    if fit == 'pad' and out_hw != input_hw:
+        ch, cw = padded_content_size(out_hw, input_hw)
+        x = upsample(x, input_hw)[..., :ch, :cw]
+    return upsample(x, out_hw)
+
+
+def prediction_triple(probs: torch.Tensor, ids: torch.Tensor, depth: torch.Tensor | None, protocol: Protocol) -> tuple:
+    """fastai's `(decoded, decoded_preds, preds)` for one image: `((TensorClassMap (H, W), TensorDepth (1, H, W)),
+    (class ids (H, W), depth (1, H, W)), (probabilities (C, H, W), depth (1, H, W)))`, depth None without it."""
+    from .data import TensorClassMap, TensorDepth
+    plain = lambda t: t.as_subclass(torch.Tensor) if t is not None else None  # noqa: E731
+    probs, ids, depth = plain(probs), plain(ids), plain(depth)
+    decoded = (TensorClassMap(ids, codes=list(protocol.classes), protocol=protocol),
+               TensorDepth(depth) if depth is not None else None)
+    return decoded, (ids, depth), (probs, depth)
+
 
 def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: str = 'resnet101',
                  pretrained: bool = False, weights: str | None = None, n_classes: int | None = None,
@@ -273,7 +492,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
                  backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', mode: str = 'faithful',
                  precision: str | None = None, compile: bool | dict = False, bn: str = 'batch',
-                 **kwargs) -> DADALearner:
+                 depth_scale: float = 1., **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
@@ -282,7 +501,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
 
     `mode='faithful'` computes what the reference computes, in its order, in IEEE float32 (no TF32 on CUDA).
     `mode='fast'` keeps the losses and gradients but fuses the four backward passes into two, runs in mixed
-    precision (`precision`: 'bf16' (default on GPU), 'fp16' with a gradient scaler, or 'fp32' (default on CPU)),
+    precision (`precision`: 'bf16' (default on GPU and on CPUs that compute bf16 natively, `default_precision`),
+    'fp16' with a gradient scaler, or 'fp32' (default on other CPUs)),
     lets float32 work use TF32, uses channels_last, optionally `torch.compile` (`compile=True`, or a dict of
     `torch.compile` options), and reads values from the device only every 50 iterations.
 
@@ -315,29 +535,49 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
         extra.append(FrozenBatchNorm())
     if fast:
         extra += _fast_mode(model, discs, dls, precision, compile)
-    cm = ConfusionMatrix(proto)
-    metrics = [MeanIoU(cm)]
+    cm, depth_acc = ConfusionMatrix(proto), DepthAccuracy()
+    metrics = [MeanIoU(cm, depth=depth_acc)]
     if proto.subset13 is not None:
         metrics.append(MeanIoU(cm, proto.subset13, 'miou13'))
     metrics += list(trainer.terms.values())
-    learn = DADALearner(dls, model, loss_func=DADALoss(lambdas), opt_func=opt_func or partial(sgd_reference, wd=wd),
+    learn = DADALearner(dls, model, loss_func=DADALoss(lambdas, depth_scale), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,
                         cbs=[trainer, HeadLR(head_lr_mult), SetEpoch()] + extra + list(cbs or []), **kwargs)
     if fast:
         learn.remove_cb(ProgressCallback)
         learn.add_cb(ThrottledProgress())
     learn.dada_config = {'protocol': proto, 'method': cfg, 'arch': arch, 'lambdas': lambdas, 'confusion': cm,
+                         'depth': depth_acc,
                          'layers': list((backbone_kwargs or {}).get('layers', ())) or None, 'mode': mode,
                          'bn': bn}
     return learn
 
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16), as torch reports it."""
+    caps = {}
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # older torch: the private probes it had
+        for name, probe in (('avx512_bf16', '_is_avx512_bf16_supported'), ('amx_bf16', '_is_amx_tile_supported')):
+            fn = getattr(torch.cpu, probe, None)
+            caps[name] = bool(fn()) if fn is not None else False
+    return any(bool(caps.get(k)) for k in ('avx512_bf16', 'amx_bf16', 'bf16', 'sve_bf16', 'neon_bf16'))
+
+
+def default_precision(device=None) -> str:
+    """Fast mode's precision when none is asked for: bf16 on GPU and on CPUs with native bf16, else fp32."""
+    dev = torch.device(device) if device is not None else torch.device('cpu')
+    if dev.type == 'cuda':
+        return 'bf16'
+    return 'bf16' if dev.type == 'cpu' and cpu_has_native_bf16() else 'fp32'
+
+
 def _fast_mode(model: nn.Module, discs: nn.ModuleDict, dls, precision: str | None, compile: bool | dict) -> list:
     """Set the fast mode's memory format and compilation; return its mixed-precision callback."""
     device = getattr(dls, 'device', None)
-    on_gpu = device is not None and torch.device(device).type == 'cuda'
-    precision = precision or ('bf16' if on_gpu else 'fp32')
+    precision = precision or default_precision(device)
     if precision not in ('bf16', 'fp16', 'fp32'):
         raise ValueError(f"unknown precision {precision!r}; valid: bf16, fp16, fp32")
     model.to(memory_format=torch.channels_last)

@@ -126,9 +126,20 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
                          weights=cfg.weights, lambdas=Lambdas(cfg.lambda_seg, cfg.lambda_depth, cfg.lambda_adv),
                          lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
-                         precision=cfg.precision, compile=cfg.compile, bn=cfg.bn)
+                         precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
+                         depth_scale=cfg.depth_scale)
     learn.run_config = cfg.to_dict()
+    from .history import add_run_logging
+    add_run_logging(learn, cfg, run_dir)  # history.csv, curves.png, --log loggers; plain progress lines in files
     return learn
+
+
+def _precision_words(cfg: TrainConfig, device: torch.device) -> str:
+    words = {'bf16': 'bf16 autocast', 'fp16': 'fp16 autocast with a gradient scaler', 'fp32': 'float32'}[cfg.precision]
+    if cfg.precision == 'fp32' and device.type == 'cpu':
+        from .learner import cpu_has_native_bf16
+        words += '' if cpu_has_native_bf16() else ' (this processor has no native bf16)'
+    return f'fast mode: {words} on {device}'
 
 
 class RunResult(dict):
@@ -188,11 +199,70 @@ def _main_decides(fn, *args):
     return value
 
 
-def _build(cfg: TrainConfig, run_dir: Path, cbs=None):
-    """Seed, then build the DataLoaders and the learner of a run on this process's device."""
+def _build(cfg: TrainConfig, run_dir: Path | None, cbs=None, console=None, init: bool = True):
+    """Seed, then build the DataLoaders and the learner of a run on this process's device (with `init`, from
+    the warm start when the configuration asks for one; a resumed run loads its checkpoint instead)."""
     device = resolve_device(cfg.device)
+    warm = warm_start_weights(cfg, console) if init and cfg.warm_start else None
     seed_everything(cfg.seed, cfg.deterministic)
-    return build_learner(cfg, build_dataloaders(cfg, device), run_dir, cbs)
+    learn = build_learner(cfg, build_dataloaders(cfg, device), run_dir, cbs)
+    if warm is not None:
+        learn.model.load_state_dict(torch.load(warm, map_location='cpu', weights_only=True))
+    return learn
+
+
+WARM_START_SEED = 0  # one warm start per recipe, whatever the run's seed: it stands in for a published model
+
+
+def warm_start_key(cfg: TrainConfig) -> dict:
+    """What a warm start depends on: the source, the sizes, the source-only recipe and the segmenter's parts
+    (not the run's seed, adaptation map or adversarial settings, so that every seed of a recipe and every
+    method with the same network share it)."""
+    from .learner import method_config
+    keep = ('source', 'classes', 'arch', 'layers', 'pretrained', 'weights', 'source_size', 'target_size', 'bs',
+            'lr', 'wd', 'schedule', 'lambda_seg', 'lambda_depth', 'depth_scale', 'norm', 'augment', 'mode',
+            'precision', 'bn', 'toy', 'warm_start')
+    key = {k: getattr(cfg, k) for k in keep}
+    m = method_config(cfg.method)
+    key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
+    if cfg.source is None:
+        from .toy import ToyConfig, config_key
+        key['source'] = 'toy:' + config_key(ToyConfig(**(cfg.toy or {})))
+    return key
+
+
+def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
+    """The segmenter after a source-only stage of `cfg.warm_start` iterations: the run's network (depth block
+    and fusion as its method has them, no discriminator) trained on the run's source with the run's recipe
+    (labels, and depth where the network predicts it), seed `WARM_START_SEED`. Trained once and cached under
+    $DADA_FASTAI_CACHE/warm_start (or ~/.cache/dada_fastai/warm_start): every seed, and every method with the
+    same network, starts from it, as the paper's methods all start from one ImageNet backbone."""
+    import dataclasses
+    import hashlib
+    from .learner import MethodConfig, method_config
+    from .toy import default_root
+    key = warm_start_key(cfg)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    net = 'depth' if key['network']['depth_block'] else 'plain'
+    path = default_root().parent / 'warm_start' / f'{cfg.arch}_{net}_{cfg.warm_start}it_{digest}.pth'
+    if path.is_file():
+        return path
+    from .distributed import is_main_process
+    if console is not None and is_main_process():
+        console.print(f'warm start: {cfg.warm_start} source-only iterations, once for this recipe '
+                      f'(cached in {path.parent})')
+    m = method_config(cfg.method)
+    stage = dataclasses.replace(cfg, method=MethodConfig(m.depth_block, m.feature_fusion, ()), iters=cfg.warm_start,
+                                warm_start=0, seed=WARM_START_SEED, checkpoint_every=0, eval_every=cfg.warm_start,
+                                out=None)  # validates once
+    learn = _build(stage, None)
+    with learn.no_logging(), learn.no_bar():
+        _fit(learn, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    torch.save({k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}, tmp)
+    os.replace(tmp, path)  # complete or absent
+    return path
 
 
 def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> RunResult:
@@ -202,18 +272,25 @@ def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> 
     from .distributed import barrier, distributed_training, is_main_process
     cfg = cfg or resolve_config(options.pop('config', None), **options)
     _start_distributed(cfg.device)
-    resolve_device(cfg.device)  # a missing GPU fails before anything else
+    device = resolve_device(cfg.device)  # a missing GPU fails before anything else
+    if cfg.mode == 'fast' and cfg.precision is None:  # recorded in config.yaml: a resume runs the same
+        from .learner import default_precision
+        cfg.precision = default_precision(device)
+    if console is not None and cfg.mode == 'fast':
+        console.print(_precision_words(cfg, device))
     run_dir = _main_decides(new_run_dir, cfg.out, cfg.method)
     cfg.out = str(run_dir)
-    learn = _build(cfg, run_dir, cbs)  # bad data fails here, before the run folder exists
+    learn = _build(cfg, run_dir, cbs, console)  # bad data fails here, before the run folder exists
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     barrier()
     started = time.time()
-    with distributed_training(learn):
-        _fit(learn, cfg)
-    return _finish(learn, cfg, run_dir, started, console)
+    from .history import tracked_run
+    with tracked_run(run_dir, learn, cfg.iters):  # status.json: running, then finished, failed or stopped
+        with distributed_training(learn):
+            _fit(learn, cfg)
+        return _finish(learn, cfg, run_dir, started, console)
 
 
 def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None) -> RunResult:
@@ -227,14 +304,16 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
         cfg.iters = iters
     state = load_checkpoint(run_dir / 'last.pth')
     _start_distributed(cfg.device)
-    learn = _build(cfg, run_dir, cbs)
+    learn = _build(cfg, run_dir, cbs, init=False)  # the checkpoint holds the weights
     learn.create_opt()
     restore_training_state(learn, state, run_dir / 'last.pth')
     started = time.time()
-    if state['iteration'] < cfg.iters:
-        from .distributed import distributed_training
-        with distributed_training(learn):
-            _fit(learn, cfg, state)
-    else:
-        learn.train_iter = state['iteration']
-    return _finish(learn, cfg, run_dir, started, console)
+    from .history import tracked_run
+    with tracked_run(run_dir, learn, cfg.iters):
+        if state['iteration'] < cfg.iters:
+            from .distributed import distributed_training
+            with distributed_training(learn):
+                _fit(learn, cfg, state)
+        else:
+            learn.train_iter = state['iteration']
+        return _finish(learn, cfg, run_dir, started, console)

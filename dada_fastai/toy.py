@@ -2,8 +2,9 @@
 
 One random world (street, buildings, poles, signs, trees, people, vehicles) is rasterised by a pinhole camera
 into per-pixel surface attributes (material, object, depth, surface coordinates), then shaded twice:
-'source' looks like a flat-coloured game (written as SYNTHIA-RAND-CITYSCAPES with depth), 'target' like a
-hazy, textured, blurred photograph from another camera (written as Cityscapes, without depth).
+'source' looks like a game engine's randomised renders (every object its own colour and texture, crisp; written as
+SYNTHIA-RAND-CITYSCAPES with depth), 'target' like a hazy, textured, blurred photograph from another camera
+(written as Cityscapes, with its depth as Cityscapes ships it: 16-bit disparity, for the depth metrics only).
 """
 from __future__ import annotations
 
@@ -127,14 +128,23 @@ class ToyConfig:
     texture: float = 1.0  # strength of the target textures
     noise: float = 0.025  # target grain, standard deviation in [0, 1] intensity
     blur: float = 0.7  # target Gaussian blur, sigma in pixels
+    source_variety: float = 1.0  # source colour and texture randomisation per object and image (0: flat colours)
+    source_camera_spread: float = 1.0  # source viewpoints drawn per image around the source camera (0: fixed)
 
-    def camera(self, domain: str) -> Camera:
-        """The camera of 'source' or 'target'."""
+    def camera(self, domain: str, rng: np.random.Generator | None = None) -> Camera:
+        """The camera of 'source' or 'target'. Given `rng`, a source camera is drawn at random around the
+        configured one (`source_camera_spread`), as SYNTHIA-RAND's random viewpoints; the target's is fixed,
+        as a car's."""
         if domain not in DOMAINS:
             raise ValueError(f'unknown domain {domain!r}; valid: {DOMAINS}')
         p = domain + '_'
-        return Camera(tuple(self.size), getattr(self, p + 'height'), getattr(self, p + 'fov'),
-                      getattr(self, p + 'horizon'))
+        height, fov, horizon = (getattr(self, p + k) for k in ('height', 'fov', 'horizon'))
+        spread = self.source_camera_spread if domain == 'source' and rng is not None else 0
+        if spread > 0:
+            height *= np.exp(rng.uniform(-0.5, 0.5) * spread)
+            fov = float(np.clip(fov * np.exp(rng.uniform(-0.4, 0.1) * spread), 30, 120))
+            horizon = float(np.clip(horizon + rng.uniform(-0.15, 0.1) * spread, 0.2, 0.8))
+        return Camera(tuple(self.size), height, fov, horizon)
 
 
 @dataclass
@@ -258,16 +268,16 @@ def _tree(i: int, x: float, z: float, rng: np.random.Generator) -> list:
 
 def _pole(i: int, x: float, z: float, rng: np.random.Generator) -> list:
     """A pole, perhaps with a round or triangular sign or a traffic light on top."""
-    h, r, kind = rng.uniform(3.5, 7), rng.uniform(0.3, 0.5), rng.integers(4)
+    h, r, kind = rng.uniform(3.5, 7), rng.uniform(0.45, 0.8), rng.integers(4)
     top = {0: [_Ellipse('sign', i, z, x, h - r, r, r)],
            1: [_Polygon('sign', i, z, (x - r, x + r, x), (h, h, h - 1.6 * r))],
-           2: [_box('light', i, z, x - 0.2, x + 0.2, h - 1.0, h)]}.get(kind, [])
-    return [_box('pole', i, z, x - 0.1, x + 0.1, 0, h)] + top
+           2: [_box('light', i, z, x - 0.3, x + 0.3, h - 1.4, h)]}.get(kind, [])
+    return [_box('pole', i, z, x - 0.15, x + 0.15, 0, h)] + top
 
 
 def _person(i: int, x: float, z: float, rng: np.random.Generator) -> list:
     """Two legs, a torso and a head, facing the camera."""
-    h, stride = rng.uniform(1.5, 1.95), rng.uniform(0, 0.15)
+    h, stride = rng.uniform(1.6, 2.0), rng.uniform(0, 0.15)
     r, hip = 0.065 * h, 0.5 * h
     return [_Polygon('trousers', i, z, (x - 0.17, x - 0.02, x - 0.05 + stride, x - 0.17 - stride), (hip, hip, 0, 0)),
             _Polygon('trousers', i, z, (x + 0.02, x + 0.17, x + 0.17 + stride, x + 0.05 - stride), (hip, hip, 0, 0)),
@@ -313,15 +323,16 @@ def _sample_world(rng: np.random.Generator) -> _World:
             x, z, r = side * (edge - rng.uniform(0.3, 1.0)), rng.uniform(3, 90), rng.uniform(0.6, 1.5)
             add([_Ellipse('foliage', next(ids), z, x, r * 0.4, r, r * 0.6)])
         for _ in range(1 + rng.poisson(1.5)):
-            add(_pole(next(ids), side * (w.road + rng.uniform(0.3, 0.8)), rng.uniform(3, 90), rng))
+            add(_pole(next(ids), side * (w.road + rng.uniform(0.3, 0.8)), rng.uniform(3, 40), rng))
+    # people and vehicles crowd the near street, as in SYNTHIA-RAND's random views
     for _ in range(rng.poisson(5)):  # people, mostly on the sidewalks
         side = rng.choice((-1, 1))
         x = side * (w.road + w.walk * rng.uniform(0.1, 0.9)) if rng.random() < 0.8 else rng.uniform(-w.road, w.road)
-        add(_person(next(ids), x, rng.uniform(3, 60), rng))
+        add(_person(next(ids), x, rng.uniform(3, 25), rng))
     for _ in range(rng.poisson(4)):  # vehicles, parked or driving
         side = rng.choice((-1, 1))
         x = side * (w.road - 1.2) if rng.random() < 0.4 else side * w.road * rng.uniform(0.25, 0.6)
-        add(_vehicle(next(ids), x, rng.uniform(5, 90), rng))
+        add(_vehicle(next(ids), x, rng.uniform(4, 40), rng))
     for _ in range(rng.integers(1, 6)):  # a far skyline
         x, z = rng.uniform(-150, 150), rng.uniform(150, 300)
         add([_box('building', next(ids), z, x - rng.uniform(10, 30), x + rng.uniform(10, 30), 0, rng.uniform(15, 60))])
@@ -348,10 +359,40 @@ def _rasterise(w: _World, cam: Camera) -> _GBuffer:
     return g
 
 
-def _shade_source(g: _GBuffer) -> np.ndarray:
-    """Flat palette colours, lit by face and darker with distance."""
+def _shade_source(g: _GBuffer, cfg: ToyConfig, rng: np.random.Generator) -> np.ndarray:
+    """A game engine's look: crisp, saturated, lit by face and darker with distance, no haze, blur or grain.
+    With `cfg.source_variety` > 0, as SYNTHIA's randomised renders, every object gets its own colour and
+    texture and every image its own light, so that a class cannot be told by its colour alone; at 0 every
+    material has one flat colour."""
     dim = np.where(g.face == 4, 1.0, 0.6 + 0.4 * np.exp(-g.depth / 120))
-    rgb = SOURCE_PALETTE[g.material] * (_SOURCE_LIGHT[g.face] * dim)[..., None]
+    v = cfg.source_variety
+    if v <= 0:
+        rgb = SOURCE_PALETTE[g.material] * (_SOURCE_LIGHT[g.face] * dim)[..., None]
+        return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    size, mat = g.material.shape, g.material
+    n = int(g.inst.max()) + 1
+    # a random colour per object, drawn around the material's; the ground and sky per image
+    base = SOURCE_PALETTE[mat]
+    tint = np.exp(v * (0.6 * rng.standard_normal((n, 3)) + 0.35 * rng.standard_normal((n, 1))))
+    tint[0] = np.exp(v * (0.35 * rng.standard_normal(3) + 0.2 * rng.standard_normal()))
+    per_mat = np.exp(0.5 * v * rng.standard_normal((len(MATERIALS), 3)))  # this image's palette
+    rgb = base * per_mat[mat] * tint[g.inst]
+    sat = rng.uniform(1 - v * 0.85, 1, n)[g.inst][..., None]  # from saturated to grey, per object
+    rgb = rgb.mean(-1, keepdims=True) * (1 - sat) + rgb * sat
+    # random procedural textures: grain, blotches and stripes along the surface coordinates
+    freq = rng.uniform(0.5, 3.0, n)
+    stripes = np.sin(g.s * freq[g.inst] * np.pi) * (rng.random(n) < 0.4)[g.inst]
+    texture = 0.08 * rng.standard_normal(size) + 0.12 * _noise(rng, size, 4) + 0.1 * stripes
+    rgb *= (1 + v * texture)[..., None]
+    windows = (mat == _M['building']) & (np.abs(g.s % 3.0 - 1.5) < 0.6) & (np.abs(g.t % 3.3 - 1.6) < 0.7) & (g.t > 2)
+    rgb[windows] = rng.uniform(0.1, 0.9, 3)
+    light = rng.uniform(0.55, 1.1, 5)
+    light[[0, 4]] = 1.0
+    sky = mat == _M['sky']
+    rgb = rgb * (light[g.face] * dim)[..., None]
+    pale = rng.uniform(0, v)  # from a deep blue to an overcast white sky
+    sky_rgb = SOURCE_PALETTE[_M['sky']] * per_mat[_M['sky']] * (1 - pale) + pale * rng.uniform(0.75, 0.95)
+    rgb[sky] = (sky_rgb * (0.8 + 0.2 * g.t / size[0])[..., None])[sky]
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
@@ -399,9 +440,9 @@ def _shade_target(g: _GBuffer, cfg: ToyConfig, rng: np.random.Generator) -> np.n
 
 def _render(rng: np.random.Generator, cfg: ToyConfig, domain: str) -> tuple[np.ndarray, _GBuffer]:
     """A random world seen and shaded as `domain`: (rgb, surface attributes)."""
-    cam = cfg.camera(domain)
+    cam = cfg.camera(domain, rng)
     g = _rasterise(_sample_world(rng), cam)
-    return (_shade_source(g) if domain == 'source' else _shade_target(g, cfg, rng)), g
+    return (_shade_source(g, cfg, rng) if domain == 'source' else _shade_target(g, cfg, rng)), g
 
 
 def render_scene(rng: np.random.Generator, cfg: ToyConfig, domain: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -421,14 +462,29 @@ def config_key(cfg: ToyConfig) -> str:
     return f'{cfg.size[0]}x{cfg.size[1]}_seed{cfg.seed}_{digest}'
 
 
+TOY_VERSION = 4  # bumped whenever the rendering changes, so that caches of older renders are not reused
+
+
 def _config_json(cfg: ToyConfig) -> str:
-    """The config as canonical JSON (the completion marker's content)."""
-    return json.dumps(asdict(cfg), sort_keys=True)
+    """The config and the renderer's version as canonical JSON (the completion marker's content)."""
+    return json.dumps({**asdict(cfg), 'version': TOY_VERSION}, sort_keys=True)
 
 
 def default_root() -> Path:
     """$DADA_FASTAI_CACHE/toy, or ~/.cache/dada_fastai/toy."""
     return Path(os.environ.get('DADA_FASTAI_CACHE', Path.home() / '.cache' / 'dada_fastai')) / 'toy'
+
+
+STEREO_BASELINE = 0.209313  # metres, Cityscapes' stereo rig
+
+
+def disparity_png(depth: np.ndarray, cam: Camera) -> np.ndarray:
+    """Depth (m) -> Cityscapes' 16-bit disparity encoding p = 256 d + 1 (d = baseline f / depth, in pixels);
+    the sky is invalid (0), as stereo matching leaves it in Cityscapes."""
+    with np.errstate(divide='ignore'):
+        disp = STEREO_BASELINE * cam.f / depth.astype(np.float64)
+    p = np.clip(np.round(disp * 256 + 1), 1, 65535)
+    return np.where(depth >= SKY_DEPTH, 0, p).astype(np.uint16)
 
 
 def _write_pair(out: Path, cfg: ToyConfig) -> None:
@@ -444,7 +500,7 @@ def _write_pair(out: Path, cfg: ToyConfig) -> None:
             rgb, g = _render(scene_rng(cfg.seed, 'target', i, split), cfg, 'target')
             city = cities[i % len(cities)]
             write_cityscapes_sample(out / 'cityscapes', split, city, f'{city}_{i:06d}_000019', rgb,
-                                    CITYSCAPES_ID[g.material])
+                                    CITYSCAPES_ID[g.material], disparity_png(g.depth, cfg.camera('target')))
 
 
 def make_toy_pair(root: str | Path | None = None, cfg: ToyConfig = ToyConfig(),

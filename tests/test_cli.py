@@ -203,7 +203,7 @@ def test_vistas_target_evaluates_as_it_validates(tmp_path, capsys):
 
     lm.model = Content()
     rgb = np.random.default_rng(0).integers(30, 255, (30, 40, 3), dtype=np.uint8)
-    pred, depth = lm.predict(rgb, (32, 64))
+    _, (pred, depth), _ = lm.predict(rgb, input_size=(32, 64))
     assert pred.shape == (30, 40) and (pred == 1).all() and depth is None
     pred_dir = tmp_path / 'pred'
     images = trg / 'validation' / 'images'

@@ -311,3 +311,59 @@ def test_lr_find_explores_divergence_without_the_non_finite_check(pair):
     learn.lr_find(num_it=6, show_plot=False)  # a NaN during the sweep is no error: the sweep looks for it
     with pytest.raises(NonFiniteLoss, match='iteration 4'):  # training checks again
         learn.fit_iters(4, schedule='constant')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Native bf16 on CPUs: the default precision of fast mode where the processor computes bf16
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('caps, expected', [({'avx512_bf16': True}, 'bf16'), ({'amx_bf16': True}, 'bf16'),
+                                            ({'avx512_bf16': False, 'avx2': True}, 'fp32'), ({}, 'fp32')])
+def test_fast_mode_on_cpu_defaults_to_bf16_where_the_processor_has_it(pair, monkeypatch, caps, expected):
+    from dada_fastai.learner import cpu_has_native_bf16, default_precision
+    monkeypatch.setattr(torch.cpu, 'get_capabilities', lambda: caps)
+    assert cpu_has_native_bf16() == (expected == 'bf16')
+    assert default_precision('cpu') == expected and default_precision('cuda') == 'bf16'
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0, device='cpu')
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast')
+    mp = [c for c in learn.cbs if c.name == 'mixed_precision']
+    assert (len(mp) == 1 and mp[0].amp_mode.value == 'bf16') if expected == 'bf16' else not mp
+
+
+def test_bf16_autocast_covers_the_discriminators_on_cpu(pair):
+    """The discriminators' losses are computed under the segmenter's bf16 autocast, as on a GPU."""
+    from fastai.callback.core import Callback
+    seen = []
+
+    class Spy(Callback):
+        order = 99
+
+        def after_batch(self):
+            if self.training:
+                seen.append(self.learn.dada._autocast().fast_dtype)
+
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='bf16', cbs=[Spy()])
+    outs = []
+    hook = learn.dada.discriminators['dada'].register_forward_hook(lambda m, i, o: outs.append(o.dtype))
+    learn.fit_iters(2, schedule='constant')
+    hook.remove()
+    assert seen == [torch.bfloat16] * 2
+    assert outs and all(d == torch.bfloat16 for d in outs)  # 3 discriminator passes per iteration, all in bf16
+
+
+@pytest.mark.parametrize('method', ['source_only', 'advent'])
+def test_bf16_trains_networks_without_the_depth_block(pair, method):
+    """Mixed precision hands the loss a (seg, None) prediction when there is no depth block."""
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, method, arch='test_resnet', ndf=8, mode='fast', precision='bf16', lr=5e-3)
+    learn.fit_iters(2, schedule='constant')
+    assert learn.dada.terms['seg'].value is not None and learn.dada.terms['depth'].value is None
+
+
+def test_bf16_non_finite_loss_stops_the_run(pair):
+    from dada_fastai.callbacks import NonFiniteLoss
+    dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='bf16',
+                         cbs=[_Poison.make(at=1)])
+    with pytest.raises(NonFiniteLoss, match='iterations 1-2'):
+        learn.fit_iters(3, schedule='constant')

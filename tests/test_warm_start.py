@@ -1,0 +1,73 @@
+"""The warm start: one cached source-only stage of a recipe that every seed, and every method with the same
+network, starts from; and the depth target's scale."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dada_fastai.config import resolve_config
+from dada_fastai.learner import method_config
+from dada_fastai.runs import train, warm_start_key, warm_start_weights
+from e2e import tiny_options, tiny_pair
+
+
+@pytest.fixture(scope='module')
+def pair(tmp_path_factory):
+    return tiny_pair(tmp_path_factory.mktemp('data'))
+
+
+def test_warm_start_is_trained_once_and_shared(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
+    a = resolve_config(None, **tiny_options(*pair, warm_start=2, method='dada', seed=1))
+    b = resolve_config(None, **tiny_options(*pair, warm_start=2, method='s3', seed=7, lambda_adv=0.5))
+    assert warm_start_key(a) == warm_start_key(b)  # seed and adaptation settings do not change it
+    path = warm_start_weights(a)
+    assert path.is_file() and path.parent == tmp_path / 'cache' / 'warm_start'
+    stamp = path.stat().st_mtime_ns
+    assert warm_start_weights(b) == path and path.stat().st_mtime_ns == stamp  # reused, not retrained
+    c = resolve_config(None, **tiny_options(*pair, warm_start=3))
+    assert warm_start_weights(c) != path  # another recipe, another warm start
+    d = resolve_config(None, **tiny_options(*pair, warm_start=2, method='advent'))
+    plain = warm_start_weights(d)  # a network without the depth block has a warm start of its own
+    assert plain != path and not any(k.startswith('depth') for k in torch.load(plain, weights_only=True))
+    assert warm_start_weights(resolve_config(None, **tiny_options(*pair, warm_start=2, method='source_only'))) == plain
+
+
+def test_every_method_starts_from_the_warm_start(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
+    from fastai.callback.core import Callback
+    seen = {}
+
+    class Snapshot(Callback):
+        def before_fit(self):
+            seen[self.learn.dada_config['method']] = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+
+    configs = {}
+    for method in ('source_only', 'advent', 'dada'):
+        configs[method] = resolve_config(None, **tiny_options(*pair, warm_start=2, method=method, iters=1,
+                                                              out=str(tmp_path / method)))
+        train(configs[method], cbs=[Snapshot()])
+    for method, cfg in configs.items():
+        warm = torch.load(warm_start_weights(cfg), weights_only=True)
+        state = seen[method_config(method)]
+        assert state.keys() == warm.keys()
+        assert all(torch.equal(state[k], warm[k]) for k in warm), method
+    seen.clear()
+    train(resolve_config(None, **tiny_options(*pair, iters=1, out=str(tmp_path / 'cold'))), cbs=[Snapshot()])
+    cold = next(iter(seen.values()))
+    warm = torch.load(warm_start_weights(configs['dada']), weights_only=True)
+    assert not all(torch.equal(cold[k], warm[k]) for k in warm if k.endswith('weight'))
+
+
+def test_depth_scale_scales_the_targets():
+    from dada_fastai.learner import DADALoss
+    from dada_fastai.losses import Lambdas
+    seg = torch.randn(1, 3, 4, 4)
+    mask = torch.zeros(1, 4, 4, dtype=torch.long)
+    target = torch.rand(1, 1, 4, 4) * 500 + 10
+    pred = target * 0.01 + 0.05  # right at the scaled depth, up to an offset
+    plain, scaled = DADALoss(Lambdas(depth=1.)), DADALoss(Lambdas(depth=1.), depth_scale=0.01)
+    plain((seg, pred), mask, target)
+    scaled((seg, pred), mask, target)
+    assert scaled.parts['depth'].item() == pytest.approx(0.05, rel=1e-4)
+    assert plain.parts['depth'].item() > 100
