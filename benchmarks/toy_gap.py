@@ -218,7 +218,8 @@ def main(argv=None):
               f"delta1={np.mean([d['baseline_delta1'] for d in depth]):.3f} "
               f"abs_rel={np.mean([d['baseline_abs_rel'] for d in depth]):.3f} ({depth[0]['note']})")
     if args.figure:
-        bar_chart(shown, methods, seeds, Path(args.figure), title)
+        bar_chart(shown, methods, seeds, Path(args.figure),
+                  f'Toy pair: target mIoU, {args.arch} {size}, {args.iters} iterations{extra}, {len(seeds)} seeds')
         print(f'figure: {args.figure}')
     print(f'wall-clock {time.time() - started:.0f} s for this invocation ({torch.get_num_threads()} torch threads); '
           f'{sum(r["seconds"] for r in mine if r["method"] in methods and r["seed"] in seeds):.0f} s of training '

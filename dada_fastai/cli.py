@@ -1,4 +1,4 @@
-"""`dada-fastai`: train, evaluate, predict and data-report from a shell (fastcore parsers, rich output).
+"""`dada-fastai`: train, evaluate, predict, data-report and runs from a shell (fastcore parsers, rich output).
 
 Every failure the user can fix ends in one line on stderr (what is wrong, where, what to do) and a
 non-zero exit, never a traceback."""
@@ -68,6 +68,15 @@ def train(
     image_every: int = None,  # iterations between TensorBoard/W&B image grids (default: about 20 a run)
     progress: Annotated[str, 'progress bars on a terminal or in a notebook and one plain line every --print-every iterations otherwise (auto), or force bar, lines, none', {'choices': ['auto', 'bar', 'lines', 'none']}] = None,
     print_every: int = None,  # iterations between plain progress lines (default: about 60 a run)
+    wd: float = None,  # weight decay of the segmenter's SGD (paper: 5e-4)
+    lambda_seg: float = None,  # weight of the segmentation loss (paper: 1)
+    lambda_depth: float = None,  # weight of the depth loss (paper: 1e-3; toy pair: 1)
+    lambda_adv: float = None,  # weight of the adversarial loss (paper: 1e-3)
+    depth_scale: float = None,  # multiplies the inverse-depth targets (paper: 1; toy pair: 0.01)
+    warm_start: int = None,  # iterations of a cached source-only stage that every method starts from (0: none; toy pair: 400)
+    ndf: int = None,  # discriminator width (paper: 64)
+    norm: Annotated[str, 'input normalisation (auto: the backbone\'s)', {'choices': ['auto', 'reference', 'timm', 'imagenet', 'none']}] = None,
+    augment: Annotated[bool, 'random flips, scales and crops (off in the paper)', BOOL] = None,
     list_presets: Annotated[store_true, 'list the built-in presets and exit'] = False,
 ):
     """Train a DADA (or AdvEnt, source-only, ablation) model and evaluate it on the target validation set."""
@@ -94,7 +103,8 @@ def train(
 _TRAIN_OPTIONS = ('source', 'target', 'classes', 'method', 'arch', 'pretrained', 'weights', 'iters', 'source_size',
                   'target_size', 'bs', 'lr', 'd_lr', 'schedule', 'seed', 'out', 'checkpoint_every', 'eval_every',
                   'val_max', 'device', 'mode', 'workers', 'on_nan', 'precision', 'compile', 'bn', 'deterministic',
-                  'log', 'log_every', 'image_every', 'progress', 'print_every')
+                  'log', 'log_every', 'image_every', 'progress', 'print_every', 'wd', 'lambda_seg', 'lambda_depth',
+                  'lambda_adv', 'depth_scale', 'warm_start', 'ndf', 'norm', 'augment')
 
 
 def _print_iou(res: dict, title: str) -> None:
@@ -109,7 +119,14 @@ def _print_iou(res: dict, title: str) -> None:
         table.add_row('[bold]mIoU* (13)', f'[bold]{_pct(res["miou13"])}')
     if res.get('negative_transfer') is not None:
         table.add_row('negative transfer', f'{res["negative_transfer"]:.1f}')
+    depth = res.get('depth')
+    if depth:
+        table.add_section()
+        table.add_row('depth δ<1.25', f'{depth["delta1"]:.3f}  (constant: {depth["baseline_delta1"]:.3f})')
+        table.add_row('depth abs-rel', f'{depth["abs_rel"]:.3f}  (constant: {depth["baseline_abs_rel"]:.3f})')
     console.print(table)
+    if depth:
+        console.print(f'depth on {depth["images"]} target images: {depth["note"]}', highlight=False)
 
 
 def _pct(value: float | None) -> str:
@@ -124,12 +141,13 @@ def evaluate(
     baseline: str = None,  # a source-only model: also report the negative transfer rate against it
     max_images: int = None,  # evaluate on the first N images only
     device: str = 'auto',  # auto, cpu, cuda or cuda:N
+    precision: Annotated[str, 'fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', {'choices': ['fp32', 'bf16', 'fp16']}] = 'fp32',
     json_out: Annotated[store_true, 'print one JSON object'] = False,
 ):
-    """Evaluate a model on a target validation set: per-class IoU, mIoU, mIoU* and negative transfer."""
+    """Evaluate a model on a target validation set: per-class IoU, mIoU, mIoU*, negative transfer and depth."""
     from .inference import evaluate_model
     res = evaluate_model(model, target, classes=classes, target_size=target_size, baseline=baseline,
-                         max_images=max_images, device=device)
+                         max_images=max_images, device=device, precision=precision)
     if json_out:
         print(json.dumps(res))
     else:
@@ -143,10 +161,11 @@ def predict(
     out: str = 'predictions',  # output folder for <name>_seg.png and <name>_depth.png
     size: str = None,  # HxW the network sees (default: the run's target size)
     device: str = 'auto',  # auto, cpu, cuda or cuda:N
+    precision: Annotated[str, 'fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', {'choices': ['fp32', 'bf16', 'fp16']}] = 'fp32',
 ):
     """Predict colour-coded segmentation and depth PNGs for images or folders."""
     from .inference import predict_files
-    written = predict_files(model, inputs, out, size=size, device=device)
+    written = predict_files(model, inputs, out, size=size, device=device, precision=precision)
     console.print(f'wrote {len(written)} images to {out}/')
     return 0
 

@@ -6,6 +6,7 @@ line every N iterations when the output is a file instead of redrawn progress ba
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -263,7 +264,6 @@ class HistoryLogger(Callback):
     def _prepare(self, upto: int) -> None:
         """Continue the history at iteration `upto`: the rows up to it kept (and repaired when needed)."""
         self.columns = _columns(self.learn)
-        self.valid_columns = self.columns[self.columns.index('valid_loss'):]
         header, rows, damaged, problem = read_history(self.path)
         rewrite = False
         if problem == 'missing':
@@ -306,7 +306,7 @@ class HistoryLogger(Callback):
         try:
             fn(*args)
         except Exception as e:
-            key = getattr(fn, '__self__', fn).__class__.__name__
+            key = type(fn.__self__).__name__ if hasattr(fn, '__self__') else fn.__name__
             if key not in self.warned:
                 self.warned.add(key)
                 warnings.warn(f'{key}: {type(e).__name__}: {e}')
@@ -558,10 +558,9 @@ def check_loggers(log: str | None) -> list[str]:
         if n not in LOGGERS:
             from .config import ConfigError
             raise ConfigError(f'invalid log {n!r}; valid: {", ".join(LOGGERS)} (comma-separated for both)')
-        try:
-            __import__('torch.utils.tensorboard' if n == 'tensorboard' else 'wandb')
-            if n == 'tensorboard':
-                import tensorboard  # noqa: F401  (torch's writer imports without it on some versions)
+        try:  # torch's writer needs the tensorboard package itself
+            for module in (('tensorboard', 'torch.utils.tensorboard') if n == 'tensorboard' else ('wandb',)):
+                importlib.import_module(module)
         except ImportError:
             from .runs import RunError
             raise RunError(f'--log {n} needs the {n} package: pip install "dada-fastai[{LOGGERS[n]}]" '
@@ -755,8 +754,9 @@ def draw_curves(history: str | Path, out: str | Path, title: str | None = None) 
 def add_run_logging(learn, cfg, run_dir: str | Path | None) -> None:
     """Give `learn` what `cfg` asks for: plain progress lines instead of bars when the output is not a
     terminal (`progress`), and, with a run folder, the history, curves and `--log` loggers."""
-    fast = cfg.mode == 'fast'
-    auto = default_intervals(cfg.iters, fast)
+    device = getattr(learn.dls, 'device', None)
+    on_gpu = device is not None and torch.device(device).type != 'cpu'
+    auto = default_intervals(cfg.iters, fast=cfg.mode == 'fast' and on_gpu)  # reading back costs on a GPU only
     loggers = check_loggers(getattr(cfg, 'log', None))
     mode = progress_mode(getattr(cfg, 'progress', 'auto'))
     if mode != 'bar':

@@ -10,9 +10,11 @@ import yaml
 from PIL import Image
 
 from .callbacks import tf32
+from .config import ConfigError
 from .checkpoint import CheckpointError, load_inference_file
 from .data import depth_to_rgb, fit_to_size, normalization, padded_content_size, parse_size
 from .datasets import DatasetError, open_dataset, write_png
+from .metrics import DepthAccuracy
 from .learner import ConfusionMatrix, confusion_matrix, finite_mean, iou_from_confusion
 from .losses import IGNORE_INDEX, upsample
 from .model import DADA, REFERENCE_ARCH
@@ -26,8 +28,11 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 class LoadedModel:
     """A segmenter ready for inference, with the preprocessing and sizes of the run it comes from."""
 
-    def __init__(self, model: DADA, meta: dict, run_config: dict, device: torch.device):
+    def __init__(self, model: DADA, meta: dict, run_config: dict, device: torch.device, precision: str = 'fp32'):
         self.model, self.meta, self.run_config, self.device = model.eval().to(device), meta, run_config, device
+        if precision not in ('fp32', 'bf16', 'fp16'):
+            raise ConfigError(f'unknown precision {precision!r}; valid: fp32, bf16, fp16')
+        self.precision = precision
         self.protocol = get_protocol(meta['n_classes'])
         norm = meta.get('norm') or 'imagenet'
         self.norm = normalization(norm, meta.get('arch'))
@@ -43,11 +48,23 @@ class LoadedModel:
         return torch.Tensor(x).to(self.device)
 
     @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The segmenter's (logits, inverse depth) in float32, computed in `self.precision` (bf16 or fp16: under
+        autocast on the model's device)."""
+        if self.precision == 'fp32':
+            seg, depth = self.model(x)
+        else:
+            dtype = torch.bfloat16 if self.precision == 'bf16' else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                seg, depth = self.model(x)
+        return seg.float(), (depth.float() if depth is not None else None)
+
+    @torch.no_grad()
     def __call__(self, rgb: np.ndarray, size: tuple[int, int] | None, out_size: tuple[int, int],
                  fit: str = 'stretch', content: tuple[int, int] | None = None):
         """(class map (H, W) uint8, inverse depth (H, W) float32 or None) at `out_size`. `content`: the (h, w)
         the image takes in its padded input (`fit='pad'`); the padding is cut off before resizing."""
-        seg, depth = self.model(self.preprocess(rgb, size, fit))
+        seg, depth = self.forward(self.preprocess(rgb, size, fit))
 
         def back(x):
             if content is not None:
@@ -77,7 +94,7 @@ class LoadedModel:
         rgb = image_to_rgb(item)
         fit = self.meta.get('fit', 'stretch')
         x = self.preprocess(rgb, parse_size(input_size) if input_size is not None else self.input_size, fit)
-        seg, depth = self.model(x)
+        seg, depth = self.forward(x)
         in_hw = tuple(x.shape[-2:])
         if size == 'original':
             out_hw = rgb.shape[:2]
@@ -89,8 +106,9 @@ class LoadedModel:
         return prediction_triple(probs[0].cpu(), probs.argmax(1)[0].cpu(), depth, self.protocol)
 
 
-def load_model(path: str | Path, device: str | torch.device = 'auto') -> LoadedModel:
-    """Rebuild the segmenter of a run folder, checkpoint or export and load its weights (safely)."""
+def load_model(path: str | Path, device: str | torch.device = 'auto', precision: str = 'fp32') -> LoadedModel:
+    """Rebuild the segmenter of a run folder, checkpoint or export and load its weights (safely). `precision`:
+    'fp32' (default), or 'bf16'/'fp16' autocast (faster on GPUs and on CPUs with native bf16)."""
     from .runs import resolve_device
     device = resolve_device(device) if isinstance(device, str) else device
     sd, meta = load_inference_file(path)
@@ -109,7 +127,7 @@ def load_model(path: str | Path, device: str | torch.device = 'auto') -> LoadedM
     run_config = {}
     if (run_dir / 'config.yaml').is_file():
         run_config = yaml.safe_load((run_dir / 'config.yaml').read_text()) or {}
-    return LoadedModel(model, meta, run_config, device)
+    return LoadedModel(model, meta, run_config, device, precision)
 
 
 def _per_image_miou(cm: np.ndarray) -> float:
@@ -119,16 +137,17 @@ def _per_image_miou(cm: np.ndarray) -> float:
 
 def evaluate_model(model: str | Path, target: str | None = None, classes: int | None = None,
                    target_size: str | None = None, baseline: str | Path | None = None,
-                   max_images: int | None = None, device: str = 'auto') -> dict:
-    """Evaluate on the target's labelled val split at the label's full resolution, in IEEE float32 as the
-    reference (no TF32 on CUDA): {'miou', 'miou13', 'per_class', 'images', 'target', 'negative_transfer' (with a
-    baseline)}."""
+                   max_images: int | None = None, device: str = 'auto', precision: str = 'fp32') -> dict:
+    """Evaluate on the target's labelled val split at the label's full resolution, by default in IEEE float32 as
+    the reference (no TF32 on CUDA; `precision='bf16'` or 'fp16' autocasts): {'miou', 'miou13', 'per_class',
+    'images', 'target', 'negative_transfer' (with a baseline), 'depth' (when the target has depth and the model
+    predicts it: `metrics.DepthAccuracy.result`)}."""
     with tf32(False):
-        return _evaluate(model, target, classes, target_size, baseline, max_images, device)
+        return _evaluate(model, target, classes, target_size, baseline, max_images, device, precision)
 
 
-def _evaluate(model, target, classes, target_size, baseline, max_images, device) -> dict:
-    lm = load_model(model, device)
+def _evaluate(model, target, classes, target_size, baseline, max_images, device, precision='fp32') -> dict:
+    lm = load_model(model, device, precision)
     n_classes = classes or lm.protocol.n_classes
     if n_classes != lm.protocol.n_classes:
         raise CheckpointError(f'{model} predicts {lm.protocol.n_classes} classes, not --classes {n_classes}')
@@ -141,19 +160,23 @@ def _evaluate(model, target, classes, target_size, baseline, max_images, device)
             raise DatasetError('no --target given and the model has no run configuration naming one; '
                                'pass --target KIND:DIR (check it with dada-fastai data-report)')
     size = parse_size(target_size or lm.run_config.get('target_size'))
-    base = load_model(baseline, device) if baseline else None
+    base = load_model(baseline, device, precision) if baseline else None
     if base is not None and base.protocol.n_classes != n_classes:
         raise CheckpointError(f'baseline {baseline} predicts {base.protocol.n_classes} classes, not {n_classes}')
     ds = open_dataset(target, n_classes=n_classes)
     samples = ds.samples('val')[:max_images]
     proto = lm.protocol
-    total, worse = ConfusionMatrix(proto), 0
+    total, worse, depth_acc = ConfusionMatrix(proto), 0, DepthAccuracy()
     for s in samples:
         rgb, label = ds.read_image(s), ds.read_label(s)
         if ds.fit == 'pad':  # padded, ignored, to the aspect ratio of the padded image (as in training)
             label = np.asarray(fit_to_size(Image.fromarray(label), None, Image.NEAREST, IGNORE_INDEX, 'pad', size))
         lab = torch.from_numpy(label.astype(np.int64))
-        pred, _ = lm(rgb, size, label.shape, ds.fit)
+        pred, dep = lm(rgb, size, label.shape, ds.fit)
+        if dep is not None and ds.has_depth and s.depth is not None and ds.fit != 'pad':
+            gt = ds.read_depth(s)
+            if gt.shape == dep.shape:
+                depth_acc.accumulate(torch.from_numpy(dep)[None, None], torch.from_numpy(gt)[None])
         cm = confusion_matrix(torch.from_numpy(pred), lab, proto.n_classes)
         total.cm += cm
         if base is not None:
@@ -166,6 +189,8 @@ def _evaluate(model, target, classes, target_size, baseline, max_images, device)
            'target': str(target)}
     if base is not None:
         res['negative_transfer'] = 100. * worse / max(len(samples), 1)
+    if depth_acc.result() is not None:
+        res['depth'] = depth_acc.result()
     return res
 
 
@@ -186,9 +211,9 @@ def _expand_inputs(inputs) -> list[Path]:
 
 
 def predict_files(model: str | Path, inputs, out: str | Path, size: str | None = None,
-                  device: str = 'auto') -> list[Path]:
+                  device: str = 'auto', precision: str = 'fp32') -> list[Path]:
     """Write <name>_seg.png (colour-coded classes) and <name>_depth.png (near = warm) for each image."""
-    lm = load_model(model, device)
+    lm = load_model(model, device, precision)
     size = parse_size(size or lm.run_config.get('target_size'))
     out = Path(out)
     written = []

@@ -374,7 +374,7 @@ class DADALearner(Learner):
         as the `predict` command writes it), 'input' (the model's input size) or an (H, W). `with_input` puts the
         decoded input image (at the model's input size) first. `dada_fastai.inference.LoadedModel.predict`
         returns the same."""
-        dl = self.dls.test_dl([item], rm_type_tfms=rm_type_tfms, num_workers=0)
+        dl = self.dls.test_dl([item], rm_type_tfms=0 if rm_type_tfms is None else rm_type_tfms, num_workers=0)
         inp, (probs, depth), _, (ids, _) = self.get_preds(dl=dl, with_input=True, with_decoded=True, size=size)
         res = prediction_triple(probs[0], ids[0], None if depth is None else depth[0], self.protocol)
         return ((dl.decode((inp,))[0][0],) + res) if with_input else res

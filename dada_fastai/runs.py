@@ -225,9 +225,12 @@ def warm_start_key(cfg: TrainConfig) -> dict:
     key = {k: getattr(cfg, k) for k in keep}
     m = method_config(cfg.method)
     key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
-    if cfg.source is None:
+    if not m.depth_block:  # a network without the depth block learns nothing from depth
+        del key['lambda_depth'], key['depth_scale']
+    if cfg.source is None:  # the toy pair's folder name hashes all its settings
         from .toy import ToyConfig, config_key
         key['source'] = 'toy:' + config_key(ToyConfig(**(cfg.toy or {})))
+        del key['toy']
     return key
 
 

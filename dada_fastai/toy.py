@@ -124,7 +124,7 @@ class ToyConfig:
     target_height: float = 1.3
     target_fov: float = 70.0
     target_horizon: float = 0.4
-    visibility: float = 100.0  # target haze: at this depth 63% of a colour is haze
+    visibility: float = 400.0  # target haze: at this depth 63% of a colour is haze (Cityscapes' clear days)
     texture: float = 1.0  # strength of the target textures
     noise: float = 0.025  # target grain, standard deviation in [0, 1] intensity
     blur: float = 0.7  # target Gaussian blur, sigma in pixels

@@ -31,8 +31,6 @@ def cli_args(opts: dict) -> list[str]:
         flag = '--' + k.replace('_', '-')
         if isinstance(v, bool):
             args.append(flag if v else '--no-' + k.replace('_', '-'))
-        elif k in ('ndf', 'norm'):
-            continue  # not command-line options (set through --config)
         else:
             args += [flag, str(v)]
     return args

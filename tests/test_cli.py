@@ -119,8 +119,8 @@ def test_list_presets(capsys):
     (['train', '--config', 'no_such_preset'], 'synthia2cityscapes_dada'),
     (['train', '--device', 'cuda:0', '--iters', '1'], 'CUDA is not available'),
     (['train', '--source-size', '12by40'], 'HxW'),
-    (['train', '--precision', 'bf16'], 'add --mode fast'),
-    (['train', '--compile'], 'add --mode fast'),
+    (['train', '--mode', 'faithful', '--precision', 'bf16'], 'add --mode fast'),
+    (['train', '--mode', 'faithful', '--compile'], 'add --mode fast'),
     (['evaluate', '/nonexistent/run'], 'not found'),
     (['predict', '/nonexistent/run', 'x.png'], 'not found'),
 ])
@@ -223,3 +223,17 @@ def test_preset_numbers_written_without_a_dot_are_numbers(tmp_path):
     cfg_file.write_text('lr: fast\n')
     with pytest.raises(ConfigError, match=f"lr must be a float in {cfg_file}, not 'fast'"):
         resolve_config(cfg_file)
+
+
+def test_every_training_option_is_a_command_line_option():
+    """Every field of TrainConfig can be set from the command line, except the two that take structures (the
+    reference backbone's block counts and the toy pair's settings: through --config)."""
+    from dataclasses import fields
+    from dada_fastai.cli import _TRAIN_OPTIONS, _parser
+    from dada_fastai.config import TrainConfig
+    missing = {f.name for f in fields(TrainConfig)} - set(_TRAIN_OPTIONS) - {'layers', 'toy'}
+    assert not missing
+    args = vars(_parser('train').parse_args(['--augment', '--lambda-depth', '1', '--depth-scale', '0.01',
+                                             '--warm-start', '5', '--norm', 'imagenet', '--ndf', '16']))
+    assert args['augment'] is True and args['lambda_depth'] == 1. and args['depth_scale'] == 0.01
+    assert args['warm_start'] == 5 and args['norm'] == 'imagenet' and args['ndf'] == 16

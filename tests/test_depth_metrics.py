@@ -83,3 +83,26 @@ def test_learner_evaluate_reports_depth_when_the_target_has_it(tmp_path):
     learn_so = dada_learner(dls, 'source_only', arch='test_resnet', ndf=8)
     with learn_so.no_bar(), learn_so.no_logging():
         assert 'depth' not in learn_so.evaluate()  # no depth block, no depth figures
+
+
+def test_evaluate_command_reports_depth_and_runs_in_bf16(tmp_path, monkeypatch):
+    from dada_fastai.config import resolve_config
+    from dada_fastai.inference import evaluate_model, load_model
+    from dada_fastai.runs import train
+    from e2e import tiny_options
+    synthia, cityscapes = make_toy_pair(tmp_path, TINY)
+    opts = tiny_options(f'synthia:{synthia}', f'cityscapes:{cityscapes}', iters=2, source_size='32x64',
+                        target_size='32x64')
+    res = train(resolve_config(None, out=str(tmp_path / 'run'), **opts))
+    assert res['depth']['images'] == 2  # results.json has it too
+    fp32 = evaluate_model(tmp_path / 'run', device='cpu')
+    assert fp32['depth']['delta1'] == pytest.approx(res['depth']['delta1'], abs=0.02)
+    assert fp32['miou'] == pytest.approx(res['miou'], abs=1)
+    bf16 = evaluate_model(tmp_path / 'run', device='cpu', precision='bf16')
+    assert bf16['depth']['images'] == 2 and bf16['miou'] == pytest.approx(fp32['miou'], abs=15)
+    seen = []
+    lm = load_model(tmp_path / 'run', device='cpu', precision='bf16')
+    hook = lm.model.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    lm.forward(torch.zeros(1, 3, 32, 64))
+    hook.remove()
+    assert seen == [torch.bfloat16]

@@ -9,8 +9,8 @@ import pytest
 
 from dada_fastai import datasets
 from dada_fastai.protocols import CITYSCAPES_CATEGORY, get_protocol, lookup_table
-from dada_fastai.toy import (CITYSCAPES_ID, SKY_DEPTH, TRAIN_ID, ToyConfig, config_key, default_root, make_toy_pair,
-                             render_scene, scene_rng, toy_specs)
+from dada_fastai.toy import (CITYSCAPES_ID, MATERIALS, SKY_DEPTH, STEREO_BASELINE, TRAIN_ID, ToyConfig, config_key,
+                             default_root, disparity_png, make_toy_pair, render_scene, scene_rng, toy_specs)
 
 SMALL = ToyConfig(size=(48, 96))
 TINY = ToyConfig(size=(32, 64), n_source=3, n_target_train=2, n_target_val=2, seed=3)
@@ -56,11 +56,11 @@ def test_outputs_and_all_seven_classes(domain):
 
 @pytest.mark.parametrize('domain', DOMAINS)
 def test_depth_is_exact(domain):
-    cam = SMALL.camera(domain)
-    ground = np.broadcast_to(cam.ground_depth(), SMALL.size)
-    below = np.isfinite(ground)
-    assert (np.diff(ground[below[:, 0], 0]) < 0).all()  # the ground gets farther towards the horizon
-    for _, labels, depth in scenes(domain):
+    for i, (_, labels, depth) in enumerate(scenes(domain)):
+        cam = SMALL.camera(domain, scene_rng(SMALL.seed, domain, i))  # the camera is drawn first
+        ground = np.broadcast_to(cam.ground_depth(), SMALL.size)
+        below = np.isfinite(ground)
+        assert (np.diff(ground[below[:, 0], 0]) < 0).all()  # the ground gets farther towards the horizon
         flat, sky = labels == 0, labels == 4
         np.testing.assert_allclose(depth[flat], ground[flat], rtol=1e-6)
         for col in range(0, SMALL.size[1], 7):
@@ -108,7 +108,14 @@ def test_make_toy_pair_layouts(tmp_path):
             ids = read(target / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png')
             assert ids.dtype == np.uint8 and ids.ndim == 2
             np.testing.assert_array_equal(cat[ids], labels)
-    assert not [p for p in target.rglob('*') if 'depth' in p.name.lower() or 'disparity' in p.name.lower()]
+    for split, n in (('train', TINY.n_target_train), ('val', TINY.n_target_val)):  # the target's depth, as
+        paths = sorted((target / 'disparity' / split).glob('*/*_disparity.png'))  # Cityscapes ships it
+        assert len(paths) == n
+        for i, path in enumerate(sorted(paths, key=lambda p: p.name.split('_')[1])):
+            _, _, depth = render_scene(scene_rng(TINY.seed, 'target', i, split), TINY, 'target')
+            disp = read(path)
+            assert disp.dtype == np.uint16 and disp.ndim == 2
+            np.testing.assert_array_equal(disp, disparity_png(depth, TINY.camera('target')))
     assert (source.parent / '.complete').is_file()
 
 
@@ -147,8 +154,43 @@ def test_readers_accept_the_pair(tmp_path):
     depth_cm = np.clip(np.round(depth.astype(np.float64) * 100), 0, 65535)
     np.testing.assert_allclose(synthia.read_depth(items[0]), datasets.inverse_depth_cm(depth_cm))
     cityscapes = datasets.open_dataset(f'cityscapes:{target}', n_classes=7)
-    assert not cityscapes.has_depth
+    assert cityscapes.has_depth  # for the depth metrics: disparity = baseline x focal / depth
+    _, _, depth_t = render_scene(scene_rng(TINY.seed, 'target', 0, 'train'), TINY, 'target')
+    disp = cityscapes.read_depth(cityscapes.samples('train')[0])
+    cam = TINY.camera('target')
+    ok = depth_t < SKY_DEPTH
+    np.testing.assert_allclose(disp[ok], STEREO_BASELINE * cam.f / depth_t[ok], atol=1 / 256)
+    assert np.isnan(disp[~ok]).all()
     for split, n in (('train', TINY.n_target_train), ('val', TINY.n_target_val)):
         items = cityscapes.samples(split)
         assert len(items) == n and all(s.label is not None for s in items)
         assert cityscapes.read_label(items[0]).max() <= 6
+
+
+def _colours_of(material: str, cfg: ToyConfig, domain: str = 'source', n: int = 12) -> np.ndarray:
+    """Mean colour of `material` in each of the first `n` scenes where it shows."""
+    from dada_fastai.toy import _render
+    out = []
+    for i in range(n):
+        rgb, g = _render(scene_rng(cfg.seed, domain, i), cfg, domain)
+        mask = g.material == list(MATERIALS).index(material)
+        if mask.sum() > 4:
+            out.append(rgb[mask].mean(0))
+    return np.array(out)
+
+
+def test_source_colours_vary_per_object_and_image_as_synthia_rand():
+    varied = _colours_of('car', SMALL)
+    flat = _colours_of('car', ToyConfig(size=(48, 96), source_variety=0))
+    assert varied.std(0).max() > 3 * flat.std(0).max() + 10  # a car's colour says little about its class
+    roads = _colours_of('road', SMALL)
+    assert roads.std(0).max() > 20
+
+
+def test_source_viewpoints_are_random_and_the_target_camera_fixed():
+    rng = lambda i, d: scene_rng(SMALL.seed, d, i)
+    source = {SMALL.camera('source', rng(i, 'source')) for i in range(6)}
+    target = {SMALL.camera('target', rng(i, 'target')) for i in range(6)}
+    assert len(source) == 6 and len(target) == 1
+    assert min(c.height for c in source) < 2.2 < max(c.height for c in source)
+    assert ToyConfig(source_camera_spread=0).camera('source', rng(0, 'source')) == ToyConfig().camera('source')

@@ -39,8 +39,9 @@ def test_every_method_starts_from_the_warm_start(pair, tmp_path, monkeypatch):
     seen = {}
 
     class Snapshot(Callback):
-        def before_fit(self):
-            seen[self.learn.dada_config['method']] = {k: v.clone() for k, v in self.learn.model.state_dict().items()}
+        def before_fit(self):  # the first one: fastai's validate (the final evaluation) calls before_fit too
+            seen.setdefault(self.learn.dada_config['method'],
+                            {k: v.clone() for k, v in self.learn.model.state_dict().items()})
 
     configs = {}
     for method in ('source_only', 'advent', 'dada'):
@@ -69,5 +70,6 @@ def test_depth_scale_scales_the_targets():
     plain, scaled = DADALoss(Lambdas(depth=1.)), DADALoss(Lambdas(depth=1.), depth_scale=0.01)
     plain((seg, pred), mask, target)
     scaled((seg, pred), mask, target)
-    assert scaled.parts['depth'].item() == pytest.approx(0.05, rel=1e-4)
+    # an error of 0.05 everywhere: c = 0.2 x 0.05, past c berHu is (e^2 + c^2) / 2c = 0.13
+    assert scaled.parts['depth'].item() == pytest.approx(0.13, rel=1e-4)
     assert plain.parts['depth'].item() > 100
