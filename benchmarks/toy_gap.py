@@ -132,7 +132,7 @@ def class_table(results: list[dict], methods: list[str], title: str):
     return t
 
 
-DEPTH_METHODS = ('dada',)  # methods whose network has the depth block (the others predict no depth)
+DEPTH_METHODS = ('dada', 's3', 's4', 's5', 's6', 's7', 'depth_source_only')  # networks with the depth block
 
 
 def bar_chart(results: list[dict], methods: list[str], seeds: list[int], path: Path, title: str) -> None:
@@ -175,9 +175,10 @@ def main(argv=None):
     args.overrides = _parse_set(args.set)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        p.error(f'unknown method {bad[0]!r}; valid: {", ".join(METHODS)}')
+    from dada_fastai.learner import METHODS as LEARNER_METHODS
+    bad = [m for m in methods if m not in METHODS and m not in LEARNER_METHODS]
+    if bad:  # the paper's rows and the oracle, or any other method or ablation (s3..s6, depth_source_only)
+        p.error(f'unknown method {bad[0]!r}; valid: {", ".join(dict.fromkeys([*METHODS, *LEARNER_METHODS]))}')
     if args.threads:
         torch.set_num_threads(args.threads)
     defaults = resolve_config()
