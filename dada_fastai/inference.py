@@ -12,7 +12,7 @@ from PIL import Image
 from .callbacks import tf32
 from .config import ConfigError
 from .checkpoint import CheckpointError, load_inference_file
-from .data import depth_to_rgb, fit_to_size, normalization, padded_content_size, parse_size
+from .data import depth_to_rgb, fit_to_size, normalization, parse_size
 from .datasets import DatasetError, open_dataset, write_png
 from .metrics import DepthAccuracy
 from .learner import ConfusionMatrix, confusion_matrix, finite_mean, iou_from_confusion

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastai.callback.core import Callback
+
 from layouts import make_cityscapes, make_synthia
 
 SOURCE_SIZE, TARGET_SIZE = '32x48', '32x64'  # the discriminator needs at least 32 pixels a side
@@ -34,3 +36,15 @@ def cli_args(opts: dict) -> list[str]:
         else:
             args += [flag, str(v)]
     return args
+
+
+class Crash(Callback):
+    """Interrupt training (a preempted node: KeyboardInterrupt) after `at` iterations."""
+    order = 95
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def after_batch(self):
+        if self.training and self.train_iter == self.at:
+            raise KeyboardInterrupt

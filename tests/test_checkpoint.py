@@ -14,19 +14,7 @@ from dada_fastai.checkpoint import (CheckpointError, atomic_write_bytes, export_
 from dada_fastai.config import resolve_config
 from dada_fastai.inference import load_model
 from dada_fastai.runs import RunError, resume, train
-from e2e import tiny_options, tiny_pair
-
-
-class _Crash(Callback):
-    """Simulate a crash (preempted node) after `at` iterations."""
-    order = 95
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def after_batch(self):
-        if self.training and self.train_iter == self.at:
-            raise KeyboardInterrupt
+from e2e import Crash as _Crash, tiny_options, tiny_pair
 
 
 @pytest.fixture(scope='module')

@@ -8,28 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from fastai.callback.core import Callback
 
 from dada_fastai.cli import main
 from dada_fastai.config import resolve_config
 from dada_fastai.history import (default_intervals, draw_curves, nice_interval, progress_mode, read_history,
                                  read_status)
 from dada_fastai.runs import resume, train
-from e2e import cli_args, tiny_options, tiny_pair
+from e2e import Crash as _Crash, cli_args, tiny_options, tiny_pair
 
 TERMS = ('seg', 'depth', 'adv', 'd_src', 'd_trg')
-
-
-class _Crash(Callback):
-    """Interrupt training (a preempted node) after `at` iterations."""
-    order = 95
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def after_batch(self):
-        if self.training and self.train_iter == self.at:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope='module')
