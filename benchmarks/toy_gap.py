@@ -22,9 +22,7 @@ import numpy as np
 import torch
 
 from dada_fastai.config import resolve_config
-from dada_fastai.learner import default_precision
-from dada_fastai.runs import (build_dataloaders, build_learner, resolve_device, seed_everything,
-                             warm_start_weights)
+from dada_fastai.runs import build_run_learner, resolve_device, resolve_precision
 from dada_fastai.toy import ToyConfig, config_key, make_toy_pair
 
 METHODS = {'source_only': 'S1 source only', 'advent': 'S2 AdvEnt', 'dada': 'S7 DADA',
@@ -42,15 +40,8 @@ def run_one(method: str, seed: int, args) -> dict:
     if method == 'oracle':  # the target's labelled train split as the source (its warm start too)
         cityscapes = f'cityscapes:{make_toy_pair(cfg=toy)[1]}'
         cfg.source, cfg.target = cityscapes, cityscapes
-    device = resolve_device(cfg.device)
-    if cfg.mode == 'fast' and cfg.precision is None:
-        cfg.precision = default_precision(device)
-    warm = warm_start_weights(cfg) if cfg.warm_start else None
-    seed_everything(cfg.seed, cfg.deterministic)
-    dls = build_dataloaders(cfg, device)
-    learn = build_learner(cfg, dls)
-    if warm is not None:  # as `dada-fastai train` starts: from the recipe's source-only stage
-        learn.model.load_state_dict(torch.load(warm, map_location='cpu', weights_only=True))
+    resolve_precision(cfg, resolve_device(cfg.device))
+    learn = build_run_learner(cfg)  # as `dada-fastai train` starts: from the recipe's warm start, if any
     started = time.time()
     with ExitStack() as stack:
         stack.enter_context(learn.no_bar())

@@ -43,7 +43,7 @@ class TrainConfig:
     ndf: int = 64  # discriminator width
     norm: str = 'auto'  # auto, reference, timm, imagenet, none
     augment: bool = False  # flips (off in the paper's recipe)
-    warm_start: int = 0  # iterations of a source-only stage (cached, shared by all methods) that initialises the backbone
+    warm_start: int = 0  # iterations of a cached source-only stage of the run's network that every seed and method starts from
     seed: int = 1234
     checkpoint_every: int = 2000  # iterations between checkpoints (0: only at the end)
     eval_every: int | None = None  # iterations between validations (default: once per pass over the source)

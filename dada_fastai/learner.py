@@ -328,6 +328,7 @@ class DADALearner(Learner):
         pos = 1 if with_input else 0  # fastai's slot of the predictions, left empty (with_preds=False)
         act = act if act is not None else getattr(self.loss_func, 'activation', lambda p: p)
         decodes = getattr(self.loss_func, 'decodes', lambda p: p)
+        from .data import image_item_size
         items = getattr(getattr(dl, 'dataset', None), 'items', None)
         if size == 'original' and items is None:
             raise ValueError("size='original' needs a DataLoader of image items to know their sizes; "
@@ -338,7 +339,7 @@ class DADALearner(Learner):
                 for j in range(len(seg)):
                     item = items[idxs[n] if idxs is not None else n]
                     chunks.append(self._activate(seg[j:j + 1], None if depth is None else depth[j:j + 1], act,
-                                                 decodes, in_hw, _item_hw(item), _item_fit(item, self.dls)))
+                                                 decodes, in_hw, image_item_size(item), _item_fit(item, self.dls)))
                     n += 1
             else:
                 chunks.append(self._activate(seg, depth, act, decodes, in_hw, size if size != 'input' else in_hw))
@@ -430,11 +431,6 @@ class _GatherSegDepth(Callback):
         seg, depth = self.learn.pred
         det = self.learn.to_detach
         self.batches.append((det(seg), det(depth) if depth is not None else None, tuple(self.learn.xb[0].shape[-2:])))
-
-
-def _item_hw(item) -> tuple[int, int]:
-    from .data import image_item_size
-    return image_item_size(item)
 
 
 def _item_fit(item, dls) -> str:

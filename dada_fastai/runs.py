@@ -17,7 +17,8 @@ from .data import dada_dataloaders, parse_size
 from .losses import Lambdas
 
 __all__ = ['RunError', 'resolve_device', 'seed_everything', 'new_run_dir', 'build_dataloaders', 'build_learner',
-           'train', 'resume', 'RunResult', 'epoch_length', 'default_workers']
+           'train', 'resume', 'RunResult', 'epoch_length', 'default_workers', 'build_run_learner', 'resolve_precision',
+           'warm_start_key', 'warm_start_weights']
 
 
 class RunError(RuntimeError):
@@ -134,6 +135,14 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
     return learn
 
 
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> None:
+    """Fill in fast mode's precision when none was asked for (`learner.default_precision`: bf16 on GPU and on CPUs
+    with native bf16), so that the configuration saved, and a warm start's key, name the one that runs."""
+    if cfg.mode == 'fast' and cfg.precision is None:
+        from .learner import default_precision
+        cfg.precision = default_precision(device)
+
+
 def _precision_words(cfg: TrainConfig, device: torch.device) -> str:
     words = {'bf16': 'bf16 autocast', 'fp16': 'fp16 autocast with a gradient scaler', 'fp32': 'float32'}[cfg.precision]
     if cfg.precision == 'fp32' and device.type == 'cpu':
@@ -199,7 +208,7 @@ def _main_decides(fn, *args):
     return value
 
 
-def _build(cfg: TrainConfig, run_dir: Path | None, cbs=None, console=None, init: bool = True):
+def build_run_learner(cfg: TrainConfig, run_dir: Path | None = None, cbs=None, console=None, init: bool = True):
     """Seed, then build the DataLoaders and the learner of a run on this process's device (with `init`, from
     the warm start when the configuration asks for one; a resumed run loads its checkpoint instead)."""
     device = resolve_device(cfg.device)
@@ -258,7 +267,7 @@ def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
     stage = dataclasses.replace(cfg, method=MethodConfig(m.depth_block, m.feature_fusion, ()), iters=cfg.warm_start,
                                 warm_start=0, seed=WARM_START_SEED, checkpoint_every=0, eval_every=cfg.warm_start,
                                 out=None)  # validates once
-    learn = _build(stage, None)
+    learn = build_run_learner(stage, None)
     with learn.no_logging(), learn.no_bar():
         _fit(learn, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,14 +285,12 @@ def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> 
     cfg = cfg or resolve_config(options.pop('config', None), **options)
     _start_distributed(cfg.device)
     device = resolve_device(cfg.device)  # a missing GPU fails before anything else
-    if cfg.mode == 'fast' and cfg.precision is None:  # recorded in config.yaml: a resume runs the same
-        from .learner import default_precision
-        cfg.precision = default_precision(device)
+    resolve_precision(cfg, device)  # recorded in config.yaml: a resume runs the same
     if console is not None and cfg.mode == 'fast':
         console.print(_precision_words(cfg, device))
     run_dir = _main_decides(new_run_dir, cfg.out, cfg.method)
     cfg.out = str(run_dir)
-    learn = _build(cfg, run_dir, cbs, console)  # bad data fails here, before the run folder exists
+    learn = build_run_learner(cfg, run_dir, cbs, console)  # bad data fails here, before the run folder exists
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -307,7 +314,7 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
         cfg.iters = iters
     state = load_checkpoint(run_dir / 'last.pth')
     _start_distributed(cfg.device)
-    learn = _build(cfg, run_dir, cbs, init=False)  # the checkpoint holds the weights
+    learn = build_run_learner(cfg, run_dir, cbs, init=False)  # the checkpoint holds the weights
     learn.create_opt()
     restore_training_state(learn, state, run_dir / 'last.pth')
     started = time.time()

@@ -359,6 +359,11 @@ def _rasterise(w: _World, cam: Camera) -> _GBuffer:
     return g
 
 
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """Colours in [0, 1] (clipped) -> uint8 RGB."""
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
 def _shade_source(g: _GBuffer, cfg: ToyConfig, rng: np.random.Generator) -> np.ndarray:
     """A game engine's look: crisp, saturated, lit by face and darker with distance, no haze, blur or grain.
     With `cfg.source_variety` > 0, as SYNTHIA's randomised renders, every object gets its own colour and
@@ -368,7 +373,7 @@ def _shade_source(g: _GBuffer, cfg: ToyConfig, rng: np.random.Generator) -> np.n
     v = cfg.source_variety
     if v <= 0:
         rgb = SOURCE_PALETTE[g.material] * (_SOURCE_LIGHT[g.face] * dim)[..., None]
-        return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+        return _to_uint8(rgb)
     size, mat = g.material.shape, g.material
     n = int(g.inst.max()) + 1
     # a random colour per object, drawn around the material's; the ground and sky per image
@@ -393,7 +398,7 @@ def _shade_source(g: _GBuffer, cfg: ToyConfig, rng: np.random.Generator) -> np.n
     pale = rng.uniform(0, v)  # from a deep blue to an overcast white sky
     sky_rgb = SOURCE_PALETTE[_M['sky']] * per_mat[_M['sky']] * (1 - pale) + pale * rng.uniform(0.75, 0.95)
     rgb[sky] = (sky_rgb * (0.8 + 0.2 * g.t / size[0])[..., None])[sky]
-    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    return _to_uint8(rgb)
 
 
 def _noise(rng: np.random.Generator, size: tuple[int, int], cell: int) -> np.ndarray:
@@ -435,7 +440,7 @@ def _shade_target(g: _GBuffer, cfg: ToyConfig, rng: np.random.Generator) -> np.n
     rgb *= rng.uniform(0.85, 1.1) * rng.uniform(0.92, 1.08, 3) * (1 - 0.5 * r2)
     rgb = gaussian(rgb, sigma=cfg.blur, channel_axis=-1) if cfg.blur > 0 else rgb
     rgb += cfg.noise * rng.standard_normal(rgb.shape)
-    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    return _to_uint8(rgb)
 
 
 def _render(rng: np.random.Generator, cfg: ToyConfig, domain: str) -> tuple[np.ndarray, _GBuffer]:
