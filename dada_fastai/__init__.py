@@ -31,7 +31,7 @@ _EXPORTS = {  # public name -> the module that defines it
     'dada_dataloaders': 'data', 'DADADataLoaders': 'data', 'dada_datablock': 'data', 'target_datablock': 'data',
     'TensorDepth': 'data', 'TensorClassMap': 'data', 'image_to_rgb': 'data', 'normalization': 'data',
     'dada_learner': 'learner', 'DADALearner': 'learner', 'METHODS': 'learner', 'MethodConfig': 'learner',
-    'method_config': 'learner',
+    'method_config': 'learner', 'RunMeta': 'meta',
     'load_model': 'inference', 'LoadedModel': 'inference', 'evaluate_model': 'inference',
     'predict_files': 'inference',
     'Protocol': 'protocols', 'PROTOCOLS': 'protocols', 'get_protocol': 'protocols',

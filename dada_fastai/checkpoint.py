@@ -27,9 +27,10 @@ class CheckpointError(WeightsError):
     """A checkpoint that cannot be used (missing, truncated, unsafe, or for another model)."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, keep: str | Path | None = None) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename: a crash
-    or a full disk leaves the previous file intact."""
+    or a full disk leaves the previous file intact. With `keep`, the previous file also becomes `keep` (a hard link,
+    or a copy where links are not supported) once the new one is complete: `path` never goes missing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -38,11 +39,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if keep is not None and path.exists():
+            _keep_previous(path, Path(keep))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _keep_previous(path: Path, keep: Path) -> None:
+    """Make `keep` a copy of `path` (a hard link where the filesystem has them), atomically, leaving `path` as it is."""
+    tmp = keep.with_name(f'.{keep.name}.{os.getpid()}.tmp')
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            import shutil
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, keep)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _rng_state() -> dict:
@@ -75,8 +94,8 @@ def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config
     model = getattr(learn.model, 'module', learn.model)  # unwrapped from DistributedDataParallel
     state = {'format': CHECKPOINT_FORMAT, 'model': model.state_dict(), 'iteration': iteration,
              'epoch': epoch, 'iter_in_epoch': iter_in_epoch, 'rng': _rng_state(),
-             'config': json.dumps(config or getattr(learn, 'run_config', {}), default=str),
-             'meta': json.dumps(model_meta(learn))}
+             'config': json.dumps(config or learn.meta.config or {}, default=str),
+             'meta': json.dumps(learn.meta.to_dict())}
     if learn.opt is not None:
         state['opt'] = learn.opt.state_dict()
     if hasattr(learn, 'dada'):
@@ -88,16 +107,8 @@ def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config
 
 
 def model_meta(learn) -> dict:
-    """What is needed to rebuild the model for inference: architecture, classes, method, normalisation, and
-    how the target images were brought to its input size (`fit`: 'stretch' or 'pad'; `target_size`: (H, W))."""
-    cfg = getattr(learn, 'dada_config', {})
-    method = cfg.get('method')
-    proto = cfg.get('protocol')
-    return {'arch': cfg.get('arch'), 'n_classes': proto.n_classes if proto else None,
-            'depth_block': getattr(method, 'depth_block', True), 'feature_fusion': getattr(method, 'feature_fusion', True),
-            'adapt': list(getattr(method, 'adapt', ())), 'norm': getattr(learn.dls, 'norm', None),
-            'layers': cfg.get('layers'), 'fit': getattr(getattr(learn.dls, 'target_ds', None), 'fit', 'stretch'),
-            'target_size': list(getattr(learn.dls, 'target_size', None) or []) or None}
+    """What is needed to rebuild the model for inference, as files hold it: `learn.meta.to_dict()`."""
+    return learn.meta.to_dict()
 
 
 def _plain(obj):
@@ -115,11 +126,12 @@ def _plain(obj):
 
 
 def save_checkpoint(learn, path: str | Path, iteration: int, epoch: int = 0, iter_in_epoch: int = 0,
-                    scaler=None) -> Path:
-    """Write a training checkpoint atomically (the previous file stays usable if anything fails)."""
+                    scaler=None, keep: str | Path | None = None) -> Path:
+    """Write a training checkpoint atomically (the previous file stays usable if anything fails; with `keep`, it
+    also becomes that file once the new one is complete)."""
     buf = io.BytesIO()
     torch.save(_plain(training_state(learn, iteration, epoch, iter_in_epoch, scaler=scaler)), buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue(), keep=keep)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -142,6 +154,12 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f'cannot read checkpoint {path} (truncated or not a checkpoint): {msg[:160]}') from None
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f'{path} is not a dada-fastai training checkpoint')
+    kinds = {'model': dict, 'iteration': int, 'epoch': int, 'iter_in_epoch': int, 'rng': dict, 'meta': str}
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind):
+            what = 'lacks' if key not in state else 'has a damaged'
+            raise CheckpointError(f'{path} {what} {key!r}: a damaged checkpoint; use an earlier checkpoint of the run '
+                                  '(prev.pth)')
     return state
 
 
@@ -158,11 +176,15 @@ def restore_training_state(learn, state: dict, path: str | Path = 'checkpoint') 
             learn.dada.load_state_dict(state['dada'])
         except (RuntimeError, KeyError) as e:
             raise CheckpointError(f'{path}: discriminators do not fit this method ({" ".join(str(e).split())[:200]})') from None
-    if state.get('opt') is not None:
-        if learn.opt is None:
-            learn.create_opt()
-        learn.opt.load_state_dict(state['opt'])
-    _set_rng_state(state['rng'])
+    try:
+        if state.get('opt') is not None:
+            if learn.opt is None:
+                learn.create_opt()
+            learn.opt.load_state_dict(state['opt'])
+        _set_rng_state(state['rng'])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f'{path}: optimizer or random state does not fit this run ({type(e).__name__}: '
+                              f'{" ".join(str(e).split())[:200]}); a damaged checkpoint') from None
 
 
 class Checkpointer(Callback):
@@ -172,20 +194,20 @@ class Checkpointer(Callback):
 
     def __init__(self, run_dir: str | Path, every: int = 2000):
         self.run_dir, self.every = Path(run_dir), every
+        self.rotate = True  # the current last.pth becomes prev.pth at the next save (not when it is damaged)
 
     def _save(self):
         from fastai.torch_core import num_distrib, rank_distrib
         if rank_distrib() != 0:
             return
         last = self.run_dir / 'last.pth'
-        if last.exists():
-            os.replace(last, self.run_dir / 'prev.pth')
+        keep, self.rotate = (self.run_dir / 'prev.pth' if self.rotate else None), True
         inner = getattr(self.dl, 'dl', self.dl)  # the paired DataLoader, also inside fastai's DistributedDL
         # batches of the epoch done, counted over all processes
         epoch, done = self.epoch, getattr(inner, 'skip', 0) + (self.iter + 1) * max(num_distrib(), 1)
         if self.iter + 1 >= self.n_iter:
             epoch, done = epoch + 1, 0  # the epoch is complete: resume at the next one
-        save_checkpoint(self.learn, last, self.train_iter, epoch, done, scaler=self.kept_scaler)
+        save_checkpoint(self.learn, last, self.train_iter, epoch, done, scaler=self.kept_scaler, keep=keep)
 
     def before_fit(self):
         self.kept_scaler = None
@@ -236,7 +258,7 @@ class ResumeFrom(Callback):
 def export_inference(learn, path: str | Path) -> Path:
     """Export the segmenter for inference as safetensors with its metadata (no pickle)."""
     from safetensors.torch import save
-    meta = {'format': EXPORT_FORMAT, 'meta': json.dumps(model_meta(learn))}
+    meta = {'format': EXPORT_FORMAT, 'meta': json.dumps(learn.meta.to_dict())}
     tensors = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
     return atomic_write_bytes(path, save(tensors, metadata=meta))
 
@@ -263,6 +285,27 @@ def load_inference_file(path: str | Path) -> tuple[dict, dict]:
             raise CheckpointError(f'cannot read {path} (truncated or not a safetensors file): {e}') from None
         if meta.get('format') != EXPORT_FORMAT:
             raise CheckpointError(f'{path} is not a dada-fastai export (no metadata)')
-        return sd, json.loads(meta['meta'])
+        return sd, _model_meta(meta.get('meta'), path)
     state = load_checkpoint(path)
-    return state['model'], json.loads(state['meta'])
+    return state['model'], _model_meta(state['meta'], path)
+
+
+_META_KEYS = {'arch': str, 'n_classes': int, 'depth_block': bool, 'feature_fusion': bool}
+
+
+def _model_meta(text, path: Path) -> dict:
+    """A model file's metadata (JSON) checked for what rebuilding the model needs."""
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f'{path}: its model metadata cannot be read; a damaged file')
+    for key, kind in _META_KEYS.items():
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f'{path}: its model metadata lacks {key!r} (or it is damaged): a damaged file')
+    size = meta.get('target_size')
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            type(s) is int and s > 0 for s in size)) or meta.get('fit', 'stretch') not in ('stretch', 'pad'):
+        raise CheckpointError(f'{path}: its model metadata has a damaged target size or fit: a damaged file')
+    return meta

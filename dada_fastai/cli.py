@@ -14,6 +14,9 @@ from fastcore.script import anno_parser, store_true
 from rich.console import Console
 from rich.table import Table
 
+from .config import (Option, dataset_spec_rule, device_rule, model_file_rule, out_folder_rule, preset_rule,
+                     run_folder_rule, size_rule)
+
 __all__ = ['main', 'train', 'evaluate', 'predict', 'data_report', 'runs', 'COMMANDS']
 
 console = Console(stderr=False)
@@ -34,63 +37,25 @@ def _methods() -> list[str]:
 
 
 def train(
-    source: str = None,  # KIND:DIR of the labelled source with depth (synthia, cityscapes, vistas, folder); none: the built-in toy pair
-    target: str = None,  # KIND:DIR of the target (train split unlabelled, val split labelled)
-    config: str = None,  # a preset name (see --list-presets) or a YAML file; explicit options override it
-    classes: Annotated[int, 'class protocol', {'choices': [16, 7]}] = None,
-    method: Annotated[str, 'source_only (S1), advent (S2), s3..s6, dada (S7), depth_source_only', {'choices': _methods()}] = None,
-    arch: str = None,  # backbone: any timm model name, or deeplabv2_resnet101 (the reference DeepLab-v2)
-    pretrained: Annotated[bool, "timm's pretrained weights (needs a download) when no --weights", BOOL] = None,
-    weights: str = None,  # local backbone weights: a timm checkpoint or the reference's ImageNet .pth
-    iters: int = None,  # training iterations (paper: 90000)
-    source_size: str = None,  # HxW of source images (paper: 760x1280)
-    target_size: str = None,  # HxW of target images (paper: 512x1024)
-    bs: int = None,  # images per domain in a batch (paper: 1)
-    lr: float = None,  # backbone learning rate; the head trains at 10x (paper: 2.5e-4)
-    d_lr: float = None,  # discriminator learning rate (paper: 1e-4)
-    schedule: Annotated[str, 'learning-rate schedule', {'choices': ['poly', 'one_cycle', 'flat_cos', 'constant']}] = None,
-    seed: int = None,  # random seed (paper: 1234)
-    out: str = None,  # run folder (default: a new folder under ./runs/)
-    resume: str = None,  # continue the run in this folder from its last checkpoint
-    checkpoint_every: int = None,  # iterations between checkpoints (0: only at the end)
-    eval_every: int = None,  # iterations between validations
-    val_max: int = None,  # validate on at most this many target images during training
-    device: str = None,  # auto, cpu, cuda or cuda:N
-    mode: Annotated[str, 'faithful: float32 in the reference order; fast: mixed precision, channels_last', {'choices': ['faithful', 'fast']}] = None,
-    precision: Annotated[str, 'fast mode precision (default: bf16 on GPU, fp32 on CPU)', {'choices': ['bf16', 'fp16', 'fp32']}] = None,
-    compile: Annotated[bool, 'torch.compile the segmenter (fast mode)', BOOL] = None,
-    bn: Annotated[str, "BatchNorm: batch statistics (the reference) or frozen running statistics (lets fast mode join source and target in one forward)", {'choices': ['batch', 'frozen']}] = None,
-    deterministic: Annotated[bool, 'deterministic algorithms where torch offers them (slower)', BOOL] = None,
-    workers: int = None,  # data-loading workers
-    on_nan: Annotated[str, 'what a NaN/inf loss does: stop with a message, or skip the iteration', {'choices': ['stop', 'skip']}] = None,
-    log: Annotated[str, 'also log scalars and image grids to tensorboard, wandb, or both (tensorboard,wandb); history.csv and curves.png are always written'] = None,
-    log_every: int = None,  # iterations between history rows (default: about 1000 rows a run)
-    image_every: int = None,  # iterations between TensorBoard/W&B image grids (default: about 20 a run)
-    progress: Annotated[str, 'progress bars on a terminal or in a notebook and one plain line every --print-every iterations otherwise (auto), or force bar, lines, none', {'choices': ['auto', 'bar', 'lines', 'none']}] = None,
-    print_every: int = None,  # iterations between plain progress lines (default: about 60 a run)
-    wd: float = None,  # weight decay of the segmenter's SGD (paper: 5e-4)
-    lambda_seg: float = None,  # weight of the segmentation loss (paper: 1)
-    lambda_depth: float = None,  # weight of the depth loss (paper: 1e-3; toy pair: 1)
-    lambda_adv: float = None,  # weight of the adversarial loss (paper: 1e-3)
-    depth_scale: float = None,  # multiplies the inverse-depth targets (paper: 1; toy pair: 0.01)
-    warm_start: int = None,  # iterations of a cached source-only stage that every method starts from (0: none; toy pair: 400)
-    ndf: int = None,  # discriminator width (paper: 64)
-    norm: Annotated[str, 'input normalisation (auto: the backbone\'s)', {'choices': ['auto', 'reference', 'timm', 'imagenet', 'none']}] = None,
-    augment: Annotated[bool, 'random flips, scales and crops (off in the paper)', BOOL] = None,
+    config: Annotated[str, Option('a preset name (see --list-presets) or a YAML file; explicit options override it', check=preset_rule)] = None,
+    resume: Annotated[str, Option('continue the run in this folder from its last checkpoint; options that would change what it learns are refused', check=run_folder_rule)] = None,
     list_presets: Annotated[store_true, 'list the built-in presets and exit'] = False,
+    **options,  # the training options: every field of `config.TrainConfig`, whose types, ranges and help make the flags
 ):
     """Train a DADA (or AdvEnt, source-only, ablation) model and evaluate it on the target validation set."""
-    from .config import list_presets as presets, resolve_config
+    from .config import ConfigError, list_presets as presets, resolve_config
     from .runs import resume as resume_run, train as train_run
     if list_presets:
         for name in presets():
             console.print(name)
         return 0
+    given = {k: v for k, v in options.items() if v is not None}
     if resume:
-        res = resume_run(resume, console=console, iters=iters)
+        if config:
+            raise ConfigError('--config does not apply to --resume: a run continues with its own config.yaml')
+        res = resume_run(resume, console=console, **given)
     else:
-        opts = {k: v for k, v in locals().items() if k in _TRAIN_OPTIONS}
-        cfg = resolve_config(config, **opts)
+        cfg = resolve_config(config, **given)
         if cfg.source is None:
             console.print('[bold]No --source/--target given: training on the built-in synthetic-to-real toy pair.[/]')
         res = train_run(cfg, console=console)
@@ -100,11 +65,26 @@ def train(
     return 0
 
 
-_TRAIN_OPTIONS = ('source', 'target', 'classes', 'method', 'arch', 'pretrained', 'weights', 'iters', 'source_size',
-                  'target_size', 'bs', 'lr', 'd_lr', 'schedule', 'seed', 'out', 'checkpoint_every', 'eval_every',
-                  'val_max', 'device', 'mode', 'workers', 'on_nan', 'precision', 'compile', 'bn', 'deterministic',
-                  'log', 'log_every', 'image_every', 'progress', 'print_every', 'wd', 'lambda_seg', 'lambda_depth',
-                  'lambda_adv', 'depth_scale', 'warm_start', 'ndf', 'norm', 'augment')
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    """Add a flag for every command-line field of `TrainConfig`: its type, choices and help come from the field.
+    Each flag's default is None (not given), so that a preset's value or the built-in default applies."""
+    from .config import describe, flag, option_choices, train_options, value_type
+    for name, (kind, opt) in train_options().items():
+        if not opt.cli:
+            continue
+        kw = {'dest': name, 'default': None, 'help': opt.help}
+        choices, vtype = option_choices(kind, opt), value_type(kind)
+        if vtype is bool:
+            kw['action'] = _Toggle
+        else:
+            kw['type'] = vtype
+            if choices is not None:
+                kw['choices'] = list(choices)
+            else:
+                kw['metavar'] = f'({vtype.__name__})'
+        if vtype in (int, float):
+            kw['help'] += f' [{describe(kind, opt)}]'
+        p.add_argument(flag(name), **kw)
 
 
 def _print_iou(res: dict, title: str) -> None:
@@ -133,15 +113,21 @@ def _pct(value: float | None) -> str:
     return '-' if value is None or value != value else f'{value:.1f}'
 
 
+def _train_choices(name: str):
+    """The valid values of a training option, for an evaluation option that takes the same (one list)."""
+    from .config import option_choices, train_options
+    return lambda: option_choices(*train_options()[name])
+
+
 def evaluate(
     model: str,  # a run folder, a checkpoint (.pth) or an export (.safetensors)
-    target: str = None,  # KIND:DIR of the labelled target (default: the run's target)
-    classes: Annotated[int, 'class protocol (default: the model\'s)', {'choices': [16, 7]}] = None,
-    target_size: str = None,  # HxW the images are resized to (default: the run's)
-    baseline: str = None,  # a source-only model: also report the negative transfer rate against it
-    max_images: int = None,  # evaluate on the first N images only
-    device: str = 'auto',  # auto, cpu, cuda or cuda:N
-    precision: Annotated[str, 'fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', {'choices': ['fp32', 'bf16', 'fp16']}] = 'fp32',
+    target: Annotated[str, Option('KIND:DIR of the labelled target (default: the run\'s target)', check=dataset_spec_rule)] = None,
+    classes: Annotated[int, Option('class protocol (default: the model\'s)', choices=_train_choices('classes'))] = None,
+    target_size: Annotated[str, Option('HxW the images are resized to (default: the run\'s)', check=size_rule)] = None,
+    baseline: Annotated[str, Option('a source-only model: also report the negative transfer rate against it', check=model_file_rule)] = None,
+    max_images: Annotated[int, Option('evaluate on the first N images only', low=1)] = None,
+    device: Annotated[str, Option('auto, cpu, cuda or cuda:N', check=device_rule)] = 'auto',
+    precision: Annotated[str, Option('fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', choices=_train_choices('precision'))] = 'fp32',
     json_out: Annotated[store_true, 'print one JSON object'] = False,
 ):
     """Evaluate a model on a target validation set: per-class IoU, mIoU, mIoU*, negative transfer and depth."""
@@ -158,10 +144,10 @@ def evaluate(
 def predict(
     model: str,  # a run folder, a checkpoint (.pth) or an export (.safetensors)
     inputs: Annotated[str, 'images or folders of images', {'nargs': '+'}],
-    out: str = 'predictions',  # output folder for <name>_seg.png and <name>_depth.png
-    size: str = None,  # HxW the network sees (default: the run's target size)
-    device: str = 'auto',  # auto, cpu, cuda or cuda:N
-    precision: Annotated[str, 'fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', {'choices': ['fp32', 'bf16', 'fp16']}] = 'fp32',
+    out: Annotated[str, Option('output folder for <name>_seg.png and <name>_depth.png', check=out_folder_rule)] = 'predictions',
+    size: Annotated[str, Option('HxW the network sees (default: the run\'s target size)', check=size_rule)] = None,
+    device: Annotated[str, Option('auto, cpu, cuda or cuda:N', check=device_rule)] = 'auto',
+    precision: Annotated[str, Option('fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', choices=_train_choices('precision'))] = 'fp32',
 ):
     """Predict colour-coded segmentation and depth PNGs for images or folders."""
     from .inference import predict_files
@@ -171,18 +157,22 @@ def predict(
 
 
 def data_report(
-    source: Annotated[str, 'KIND:DIR of the source dataset', {'required': True}] = None,
-    target: Annotated[str, 'KIND:DIR of the target dataset', {'required': True}] = None,
-    classes: Annotated[int, 'class protocol', {'choices': [16, 7]}] = 16,
+    source: Annotated[str, Option('KIND:DIR of the source dataset', check=dataset_spec_rule), {'required': True}] = None,
+    target: Annotated[str, Option('KIND:DIR of the target dataset', check=dataset_spec_rule), {'required': True}] = None,
+    classes: Annotated[int, Option('class protocol', choices=_train_choices('classes'))] = 16,
     json_out: Annotated[store_true, 'print one JSON object'] = False,
 ):
-    """Check dataset layouts; count items per split, pixels per class and the depth range."""
+    """Check dataset layouts and every file (all damaged files are listed); count items per split, pixels per
+    class and the depth range."""
     from .report import data_report as report, print_report
     res = report(source, target, n_classes=classes)
     if json_out:
         print(json.dumps(res))
     else:
         print_report(res, console=console)
+    if res.get('damaged'):
+        from .datasets import DatasetError
+        raise DatasetError(f'{len(res["damaged"])} damaged files (listed above); repair or remove them')
     return 0
 
 
@@ -207,15 +197,56 @@ COMMANDS = {'train': train, 'evaluate': evaluate, 'predict': predict, 'data-repo
 _POSITIONAL = {'evaluate': ['model'], 'predict': ['model', 'inputs'], 'data-report': [], 'runs': ['dirs']}
 
 
+def _declared(func) -> dict[str, tuple[type, Option]]:
+    """A command's options declared with an `Option` in their annotation: name -> (type, Option)."""
+    import typing
+    found = {}
+    for name, hint in typing.get_type_hints(func, include_extras=True).items():
+        if typing.get_origin(hint) is Annotated:
+            kind, *meta = typing.get_args(hint)
+            opt = next((m for m in meta if isinstance(m, Option)), None)
+            if opt is not None:
+                found[name] = (kind, opt)
+    return found
+
+
 def _parser(name: str) -> argparse.ArgumentParser:
+    """The command's parser: fastcore's from its signature, help and choices from its `Option`s, `train`'s flags from
+    `TrainConfig`; a usage mistake is one line on stderr and exit code 2."""
     func = COMMANDS[name]
     p = anno_parser(func, prog=f'dada-fastai {name}', pos=_POSITIONAL.get(name))
-    for action in p._actions:  # `--json-out` reads better as `--json`
-        if action.dest == 'json_out':
+    declared = _declared(func)
+    for action in p._actions:
+        if action.dest in declared:
+            opt = declared[action.dest][1]
+            action.help = opt.help + (f' (default: {action.default})' if action.default is not None else '')
+            if opt.choices is not None:
+                action.choices, action.metavar = list(opt.choices()), None
+        if action.dest == 'json_out':  # `--json-out` reads better as `--json`
             action.option_strings = ['--json']
             p._option_string_actions.pop('--json-out', None)
             p._option_string_actions['--json'] = action
+    if name == 'train':
+        _train_flags(p)
+        from .config import flag, train_options
+        may = ', '.join(flag(k) for k, (_, opt) in train_options().items() if opt.on_resume)
+        next(a for a in p._actions if a.dest == 'resume').help += f' (those that may change: {may})'
+
+    def error(message: str):
+        err_console.print(f'dada-fastai: error: {message}; see {p.prog} --help', highlight=False, markup=False,
+                          soft_wrap=True)
+        raise SystemExit(2)
+    p.error = error
     return p
+
+
+def _check_args(func, args: dict) -> None:
+    """Check each given option that its command declares with an `Option` (range, format, path), before the command
+    reads or writes anything; `train`'s options are checked as its configuration resolves."""
+    from .config import check_option, flag
+    for name, (kind, opt) in _declared(func).items():
+        if args.get(name) is not None:
+            args[name] = check_option(flag(name), kind, opt, args[name])
 
 
 def _usage() -> str:
@@ -223,17 +254,6 @@ def _usage() -> str:
     lines += [f'  {n:<12} {(f.__doc__ or "").splitlines()[0]}' for n, f in COMMANDS.items()]
     lines += ['', "run 'dada-fastai COMMAND --help' for a command's options"]
     return '\n'.join(lines)
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .datasets import DatasetError
-    from .model import WeightsError
-    from .callbacks import NonFiniteLoss
-    from .runs import RunError
-    return (DatasetError, ConfigError, WeightsError, CheckpointError, RunError, NonFiniteLoss, FileNotFoundError,
-            ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     args.pop('xtra', None)
     import torch
     from .datasets import DatasetError
+    from .errors import UserError
     try:
+        _check_args(COMMANDS[name], args)
         code = COMMANDS[name](**args) or 0
         from .distributed import shutdown
         shutdown()  # under `accelerate launch`: all processes leave together
@@ -264,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         hint = '' if name == 'data-report' else '; check the data with `dada-fastai data-report`'
         _fail(_message(e) + hint)
-    except _known_errors() as e:
+    except UserError as e:  # a mistake the user can fix: one line; anything else is a bug and keeps its traceback
         _fail(_message(e))
     return 1
 

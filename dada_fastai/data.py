@@ -10,9 +10,11 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 from fastai.data.block import DataBlock, TransformBlock
@@ -25,13 +27,14 @@ from PIL import Image
 
 from .datasets import DatasetError, DomainDataset, Sample, _to_rgb, image_size, open_dataset, read_array
 from .losses import IGNORE_INDEX
-from .protocols import get_protocol
+from .protocols import Protocol, get_protocol
 
 __all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'ReadDepth', 'SourceImageBlock',
-           'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'TargetSampler', 'PairedDL', 'PairedAugment', 'ToBGR',
+           'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'target_order', 'target_index',
+           'PairedItem', 'TargetPairing', 'PairedDL', 'PairedAugment', 'ToBGR',
            'normalization', 'dada_datablock', 'target_datablock', 'dada_dataloaders', 'parse_size',
            'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb', 'resize_with_pad', 'pad_to_aspect', 'fit_to_size',
-           'padded_content_size', 'TensorClassMap', 'IMAGE_ITEMS', 'image_to_rgb', 'image_item_size',
+           'padded_content_size', 'resize_depth', 'TensorClassMap', 'IMAGE_ITEMS', 'image_to_rgb', 'image_item_size',
            'image_item_problem', 'check_image_items', 'DADADataLoaders']
 
 PAPER_SOURCE_SIZE = (760, 1280)  # (H, W) of SYNTHIA images in the paper's recipe
@@ -306,8 +309,25 @@ class ReadMask:
         return PILMask(fit_to_size(img, self.size, Image.NEAREST, IGNORE_INDEX, item.ds.fit, self.frame))
 
 
+def resize_depth(depth: np.ndarray, size: tuple[int, int] | None, fit: str = 'stretch') -> np.ndarray:
+    """An (H, W) float32 depth map brought to `size` (H, W) with OpenCV's nearest neighbour (`INTER_NEAREST`), as
+    the reference resizes SYNTHIA's depth (Pillow's nearest rule takes other source pixels: from 320 to 128
+    columns, Pillow takes 1, 3, 6, 8..., OpenCV 0, 2, 5, 7...); `fit='pad'` keeps the aspect ratio and pads with
+    NaN (no depth) at the right or bottom, as `resize_with_pad`."""
+    if size is None or depth.shape == tuple(size):
+        return depth
+    h, w = padded_content_size(depth.shape, size) if fit == 'pad' else size
+    resized = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
+    if (h, w) == tuple(size):
+        return resized
+    out = np.full(size, np.nan, np.float32)
+    out[:h, :w] = resized
+    return out
+
+
 class ReadDepth:
-    """DataItem -> PILDepth inverse depth resized with nearest neighbour; all NaN where there is no depth."""
+    """DataItem -> PILDepth inverse depth resized with OpenCV's nearest neighbour (`resize_depth`, as the
+    reference); all NaN where there is no depth."""
 
     def __init__(self, size: tuple[int, int] | None):
         self.size = size
@@ -318,8 +338,7 @@ class ReadDepth:
         else:
             h, w = image_size(item.sample.image)
             depth = np.full((h, w), np.nan, np.float32)
-        return PILDepth(fit_to_size(Image.fromarray(depth, mode='F'), self.size, Image.NEAREST, float('nan'),
-                                    item.ds.fit))
+        return PILDepth(Image.fromarray(resize_depth(depth, self.size, item.ds.fit), mode='F'))
 
 
 def SourceImageBlock(size: tuple[int, int] | None) -> TransformBlock:
@@ -385,67 +404,71 @@ def _epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, stream])
 
 
-class TargetSampler:
-    """Getter of the target image paired with a source item. At each epoch the targets are drawn in a seeded
-    random order (permutations of all targets, one after the other), independently of the source shuffle, and
-    the i-th sample of the epoch gets the i-th draw: the pairing is a function of (seed, epoch) alone (exact
-    resume, identical across processes and workers), and a source repeated in a long epoch gets fresh targets.
-    `PairedDL` tells it the position of the item being built; outside a DataLoader (e.g. `Datasets[i]`) the
-    position is the source's index in the bound source list (0 when unbound)."""
+def target_order(seed: int, epoch: int, n_targets: int, length: int) -> np.ndarray:
+    """The target indices drawn for the first `length` positions of `epoch`: seeded random permutations of all
+    `n_targets` targets, one after the other, independent of the source shuffle. A function of its arguments alone
+    (a longer draw starts with the shorter one), so the pairing is the same across processes, workers and resumes,
+    and a source repeated in a long epoch gets fresh targets."""
+    rng = _epoch_rng(seed, epoch, 1)
+    draws = [rng.permutation(n_targets) for _ in range(max(-(-length // n_targets), 1))]
+    return np.concatenate(draws)[:length]
 
-    def __init__(self, targets: Sequence[DataItem], seed: int = 0):
-        if not len(targets):
-            raise ValueError('TargetSampler needs at least one target item')
-        self.targets, self.seed = list(targets), seed
-        self.index: dict[Sample, int] = {}
-        self.epoch, self.pos = 0, None
-        self.set_epoch(0)
 
-    def bind(self, sources: Sequence[DataItem]) -> None:
-        """Learn the source items' positions (used when no DataLoader sets the position)."""
-        self.index = {it.sample: i for i, it in enumerate(sources)}
-        self.set_epoch(self.epoch)
+def target_index(seed: int, epoch: int, pos: int, n_targets: int) -> int:
+    """The index of the target paired with the sample at position `pos` of `epoch` (`target_order`'s `pos`-th)."""
+    return int(target_order(seed, epoch, n_targets, pos + 1)[pos])
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start the draws of `epoch` (the table grows on demand, always with the same prefix)."""
-        self.epoch = epoch
-        self._rng = _epoch_rng(self.seed, epoch, 1)
-        self.table = np.arange(0)
-        self._extend(max(len(self.index), 1))
 
-    def _extend(self, n: int) -> None:
-        parts = [self.table]
-        while sum(len(p) for p in parts) < n:
-            parts.append(self._rng.permutation(len(self.targets)))
-        self.table = np.concatenate(parts)
+@dataclass(frozen=True)
+class PairedItem:
+    """A training item: a labelled source item and the target item paired with it."""
+    source: DataItem
+    target: DataItem
 
-    def target_index(self, pos: int) -> int:
-        """The index of the target drawn for position `pos` of the epoch."""
-        if pos >= len(self.table):
-            self._extend(pos + 1)
-        return int(self.table[pos])
+    def __repr__(self) -> str:
+        return f'{self.source!r} + {self.target!r}'
 
-    def __call__(self, item: DataItem) -> DataItem:
-        pos = self.pos if self.pos is not None else self.index.get(item.sample, 0)
-        return self.targets[self.target_index(pos)]
+
+@dataclass(frozen=True)
+class TargetPairing:
+    """The target items and the seed that pair them with source samples (`target_order`). As the training
+    DataBlock's `get_items` it pairs a list of source items as epoch 0 does, position = index in the list
+    (what `Datasets[i]` and `DataBlock.summary` show); `PairedDL` pairs each epoch's samples by their position."""
+    targets: tuple[DataItem, ...]
+    seed: int = 0
+
+    def __post_init__(self):
+        if not len(self.targets):
+            raise ValueError('TargetPairing needs at least one target item')
+        object.__setattr__(self, 'targets', tuple(self.targets))
+
+    def order(self, epoch: int, length: int) -> np.ndarray:
+        """The target indices of the first `length` positions of `epoch`."""
+        return target_order(self.seed, epoch, len(self.targets), length)
+
+    def __call__(self, sources: Sequence[DataItem]) -> list[PairedItem]:
+        """`sources` paired with the targets of epoch 0, the i-th source with the i-th draw."""
+        sources = list(sources)
+        return [PairedItem(s, self.targets[t]) for s, t in zip(sources, self.order(0, len(sources)))]
+
+
+_source_of, _target_of = attrgetter('source'), attrgetter('target')  # the training DataBlock's getters
 
 
 class PairedDL(TfmdDL):
-    """Training DataLoader of (source sample, target image) pairs. Shuffling and pairing are seeded by
-    (seed, epoch), so every process of a distributed run and a resumed run see the same order; `n` sets
-    the number of samples per epoch (default: all sources once; a longer epoch goes through the sources again
-    in a new order); `skip` drops the first `skip` batches of the epoch (resume inside an epoch) and `len`
-    counts the batches left."""
+    """Training DataLoader of (source sample, target image) pairs. Shuffling and pairing are functions of
+    (seed, epoch), so every process of a distributed run and a resumed run see the same order: the sample at
+    position `pos` of the epoch gets the target `pairing.order(epoch, ...)[pos]`. `n` sets the number of samples
+    per epoch (default: all sources once; a longer epoch goes through the sources again in a new order); `skip`
+    drops the first `skip` batches of the epoch (resume inside an epoch) and `len` counts the batches left."""
 
-    def __init__(self, dataset=None, sampler: TargetSampler | None = None, seed: int = 0, **kwargs):
-        self.sampler, self.seed, self.epoch, self.skip = sampler, seed, 0, 0
+    def __init__(self, dataset=None, pairing: TargetPairing | None = None, seed: int = 0, **kwargs):
+        self.pairing, self.seed, self.epoch, self.skip = pairing, seed, 0, 0  # no pairing: the items' own targets
         super().__init__(dataset, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle and target pairing of `epoch` (called by the learner before each epoch)."""
         self.epoch = epoch
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return max(super().__len__() - self.skip, 0)
@@ -459,32 +482,29 @@ class PairedDL(TfmdDL):
         reps = -(-self.n // n_items)
         return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:self.n].tolist()
 
-    def get_idxs(self) -> list[tuple[int, int]]:
-        """(position in the epoch, source index) of the samples left after `skip`; the position picks the target."""
+    def get_idxs(self) -> list[tuple[int, int, int]]:
+        """(position in the epoch, source index, target index) of the samples left after `skip`, a function of
+        (seed, epoch); the target index is -1 without a `pairing` (the item's own target is kept)."""
+        order = self.source_order()
+        targets = self.pairing.order(self.epoch, len(order)).tolist() if self.pairing is not None else [-1] * len(order)
         start = self.skip * (self.bs or 1)  # a resumed epoch skips the batches already trained on
-        return list(enumerate(self.source_order()))[start:]
+        return [(pos, idx, trg) for pos, (idx, trg) in enumerate(zip(order, targets))][start:]
 
     def create_item(self, s):
-        """`s` is (position in the epoch, source index) from `get_idxs` (a list after fastai's DistributedDL
-        broadcasts it), a bare index, or None (fastai's set-up pass)."""
-        if s is None:
-            pos, idx = None, 0
-        elif isinstance(s, (tuple, list)):
-            pos, idx = int(s[0]), int(s[1])
+        """The item of `s`: (position, source index, target index) from `get_idxs` (a list after fastai's
+        DistributedDL broadcasts it), a bare source index, or None (fastai's set-up pass); the last two keep the
+        item's own (epoch 0) target."""
+        if isinstance(s, (tuple, list)):
+            _, idx, trg = (int(v) for v in s)
         else:
-            pos, idx = None, int(s)
-        if self.sampler is not None:
-            if self.sampler.epoch != self.epoch:
-                self.sampler.set_epoch(self.epoch)
-            self.sampler.pos = pos
-        try:
+            idx, trg = (0 if s is None else int(s)), -1
+        if trg < 0:
             return self.dataset[idx]
-        finally:
-            if self.sampler is not None:
-                self.sampler.pos = None
+        pair = PairedItem(self.dataset.items[idx].source, self.pairing.targets[trg])
+        return tuple(tl.tfms(pair) for tl in self.dataset.tls)
 
     def new(self, dataset=None, cls=None, **kwargs):
-        res = super().new(dataset, cls, **{'sampler': self.sampler, 'seed': self.seed, **kwargs})
+        res = super().new(dataset, cls, **{'pairing': self.pairing, 'seed': self.seed, **kwargs})
         res.epoch = self.epoch
         return res
 
@@ -556,19 +576,22 @@ class PairedAugment(ItemTransform):
 # ---------------------------------------------------------------------------------------------------------
 def dada_datablock(targets: Sequence[DataItem], codes: Sequence[str], source_size=PAPER_SOURCE_SIZE,
                    target_size=PAPER_TARGET_SIZE, norm: Sequence = (), item_tfms=None, seed: int = 0) -> DataBlock:
-    """The training DataBlock: items are source `DataItem`s; blocks (source image, target image, mask, depth);
-    `targets` are the target items that `TargetSampler` pairs with them. Files are resized at load (bicubic
-    images, nearest masks and depth), except where a `PairedAugment` among `item_tfms` crops and resizes them."""
+    """The training DataBlock: its source is a list of source `DataItem`s, which `get_items` (a `TargetPairing` of
+    `targets`) turns into `PairedItem`s; blocks (source image, target image, mask, depth). Files are resized at load
+    (bicubic images, nearest masks and depth), except where a `PairedAugment` among `item_tfms` crops and resizes
+    them."""
     source_size, target_size = parse_size(source_size), parse_size(target_size)
     item_tfms = [] if item_tfms is None else list(item_tfms) if isinstance(item_tfms, (list, tuple)) else [item_tfms]
     aug = [t for t in item_tfms if isinstance(t, PairedAugment)]
     load_src = None if any(t.source_size is not None for t in aug) else source_size
     load_trg = None if any(t.target_size is not None for t in aug) else target_size
-    sampler = TargetSampler(targets, seed)
-    return DataBlock(blocks=(SourceImageBlock(load_src), TargetImageBlock(load_trg),
-                             MaskBlockFor(load_src, codes), DepthBlock(load_src)),
-                     getters=[None, sampler, None, None], n_inp=2, splitter=_all_train, item_tfms=item_tfms,
-                     batch_tfms=list(norm), dl_type=PairedDL)
+    pairing = TargetPairing(tuple(targets), seed)
+    block = DataBlock(blocks=(SourceImageBlock(load_src), TargetImageBlock(load_trg),
+                              MaskBlockFor(load_src, codes), DepthBlock(load_src)),
+                      get_items=pairing, getters=[_source_of, _target_of, _source_of, _source_of], n_inp=2,
+                      splitter=_all_train, item_tfms=item_tfms, batch_tfms=list(norm), dl_type=PairedDL)
+    block.dls_kwargs = {**block.dls_kwargs, 'pairing': pairing, 'seed': seed}  # `block.dataloaders` pairs as training
+    return block
 
 
 def target_datablock(codes: Sequence[str], target_size=PAPER_TARGET_SIZE, norm: Sequence = (),
@@ -607,13 +630,12 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
         val_items = val_items[:val_max]
     aug = _augmentations(source_size, target_size) if augment else None
     block = dada_datablock(trg_items, proto.classes, source_size, target_size, norm_tfms, aug, seed)
-    block.getters[1].bind(src_items)
     dsets = block.datasets(src_items, verbose=False)
     from fastai.torch_core import default_device
     device = default_device() if device is None else torch.device(device)
     pin = device.type == 'cuda' if pin_memory is None else pin_memory
     common = dict(num_workers=num_workers, pin_memory=pin, device=device)
-    train = PairedDL(dsets.train, sampler=block.getters[1], seed=seed, bs=bs, shuffle=True, drop_last=True,
+    train = PairedDL(dsets.train, pairing=block.dls_kwargs['pairing'], seed=seed, bs=bs, shuffle=True, drop_last=True,
                      n=epoch_len * bs if epoch_len else None, after_item=block.item_tfms,
                      after_batch=block.batch_tfms, **common)
     train.protocol = proto
@@ -624,13 +646,20 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
                    after_batch=vblock.batch_tfms, **common)
     dls = DADADataLoaders(train, valid, device=device)
     dls.protocol, dls.source_ds, dls.target_ds, dls.norm = proto, src, trg, norm
-    dls.target_size = target_size
+    dls.source_size, dls.target_size = source_size, target_size
     return dls
 
 
 class DADADataLoaders(DataLoaders):
     """The `DataLoaders` of DADA: `train` pairs source samples with target images, `valid` is the labelled target
-    validation set; `test_dl` reads new images as the target's."""
+    validation set; `test_dl` reads new images as the target's. `dada_dataloaders` sets what describes the data
+    (`dada_learner` copies it into the learner's `meta`)."""
+    protocol: Protocol | None = None  # the class set
+    source_ds: DomainDataset | None = None  # the source dataset's reader
+    target_ds: DomainDataset | None = None  # the target dataset's reader (its `fit`: how images reach the size)
+    norm: str | Sequence = ()  # the normalisation asked for: a `normalization` kind or batch transforms
+    source_size: tuple[int, int] | None = None  # (H, W) of the source images
+    target_size: tuple[int, int] | None = None  # (H, W) of the target images
 
     def test_dl(self, test_items, rm_type_tfms=None, with_labels: bool = False, **kwargs) -> TfmdDL:
         """fastai's `test_dl`: a DataLoader of `test_items` read, brought to the target size (stretched, or padded

@@ -3,7 +3,8 @@
 Readers take datasets exactly as their publishers ship them and return full-resolution numpy arrays: images
 (H, W, 3) uint8 RGB, labels (H, W) uint8 train ids with 255 = ignore, depth (H, W) float32 inverse-depth targets
 with NaN where depth is missing. Every file is decoded with OpenCV (IMREAD_UNCHANGED), which keeps 16 bits per
-channel; Pillow-based readers silently turn SYNTHIA's 16-bit 3-channel labels into 8 bits.
+channel; Pillow-based readers silently turn SYNTHIA's 16-bit 3-channel labels into 8 bits. Palette PNG labels
+(Vistas) are the exception: their palette indices are read as stored, with Pillow.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import yaml
 
+from .errors import UserError
 from .protocols import Protocol, get_protocol, lookup_table
 
 __all__ = ['DatasetError', 'KINDS', 'SPLITS', 'Sample', 'DomainDataset', 'SynthiaDataset', 'CityscapesDataset',
@@ -33,7 +35,7 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame 
 _FIX = 're-download or re-extract the file'
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad dataset input; its message is one line: what is wrong, where (the path), what to do."""
 
     def __init__(self, message: str):
@@ -60,13 +62,29 @@ def _check_png(path: Path) -> None:
             raise DatasetError(f'truncated PNG: {path} (no IEND chunk at its end); {_FIX}')
 
 
+def _check_jpeg(path: Path) -> None:
+    """Raise when `path` does not end with a JPEG's end-of-image marker (a truncated file: OpenCV would decode it
+    without a word, the missing part grey)."""
+    with open(path, 'rb') as f:
+        if f.read(2) != b'\xff\xd8':  # not a JPEG at all: the decoder says so
+            return
+        f.seek(max(path.stat().st_size - 1024, 0))
+        if b'\xff\xd9' not in f.read():
+            raise DatasetError(f'truncated JPEG: {path} (no end-of-image marker at its end); {_FIX}')
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """Decode an image file with OpenCV as stored (IMREAD_UNCHANGED: bit depth kept, channels in BGR order)."""
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f'{path} is a folder where an image file should be; {_FIX}')
     if not path.is_file():
-        raise DatasetError(f'missing file {path}; check the dataset root, or {_FIX}')
+        what = 'a broken link or a link loop' if path.is_symlink() else 'missing file'
+        raise DatasetError(f'{what}: {path}; check the dataset root, or {_FIX}')
     if path.suffix.lower() == '.png':
         _check_png(path)
+    elif path.suffix.lower() in ('.jpg', '.jpeg'):
+        _check_jpeg(path)
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise DatasetError(f'cannot decode {path} (unreadable, truncated or not an image); {_FIX}')
@@ -131,7 +149,7 @@ def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _palette_indices(bgr: np.ndarray, palette: np.ndarray, path: Path) -> np.ndarray:
-    """Colours (OpenCV's expansion of a palette PNG) -> palette indices; repeated colours give the lowest index."""
+    """Colours of an RGB label (OpenCV's BGR) -> palette rows; a colour that the palette repeats gives its lowest row."""
     keys = palette[:, 0].astype(np.int32) << 16 | palette[:, 1].astype(np.int32) << 8 | palette[:, 2]
     colours, first = np.unique(keys, return_index=True)
     table = np.zeros(1 << 24, np.uint8)  # 24-bit colour -> index, faster than a search
@@ -143,16 +161,30 @@ def _palette_indices(bgr: np.ndarray, palette: np.ndarray, path: Path) -> np.nda
     return ids
 
 
+def _palette_png_indices(path: Path) -> np.ndarray:
+    """The pixels of a palette PNG as they are stored: palette indices (H, W) uint8, never turned into colours."""
+    from PIL import Image
+    _check_png(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode != 'P':
+                raise DatasetError(f'label {path} is a palette PNG that decodes as {img.mode}; {_FIX}')
+            return np.array(img)
+    except OSError as e:
+        raise DatasetError(f'cannot decode {path} ({e}); {_FIX}') from None
+
+
 def read_ids(path: str | Path, palette: np.ndarray | None = None) -> np.ndarray:
-    """A label file's raw ids as (H, W): single-channel 8/16-bit PNGs as stored, palette PNGs by palette index
-    (OpenCV expands those to colours), RGB labels through `palette` ((N, 3) RGB, id = row) when given."""
+    """A label file's raw ids as (H, W): single-channel 8/16-bit PNGs as stored, palette PNGs as their palette
+    indices (read directly: a palette may repeat a colour), RGB labels through `palette` ((N, 3) RGB, id = row)
+    when given."""
     path = Path(path)
+    ihdr = _png_chunks(path).get(b'IHDR') if path.is_file() else None
+    if ihdr is not None and len(ihdr) >= 10 and ihdr[9] == 3:  # PNG colour type 3: palette indices
+        return _palette_png_indices(path)
     arr = read_array(path)
     if arr.ndim == 2:
         return arr
-    plte = _png_chunks(path).get(b'PLTE')
-    if plte is not None:
-        palette = np.frombuffer(plte[:len(plte) // 3 * 3], np.uint8).reshape(-1, 3)
     if palette is None or arr.dtype != np.uint8:
         raise DatasetError(f'label {path} has {arr.shape[2]} channels; expected single-channel ids or a palette PNG')
     return _palette_indices(arr[..., :3], np.asarray(palette, np.uint8), path)
@@ -197,7 +229,7 @@ class DomainDataset:
         """The folder that holds a split's images."""
         raise NotImplementedError
 
-    def _list(self, split: str) -> list[Sample]:
+    def _list(self, split: str, problems: list[str] | None = None) -> list[Sample]:
         """The split's samples (its image folder exists), each file checked for existence."""
         raise NotImplementedError
 
@@ -210,18 +242,30 @@ class DomainDataset:
         self._check_split(split)
         return self._split_dir(split).is_dir()
 
-    def samples(self, split: str) -> list[Sample]:
-        """The sorted samples of 'train' or 'val'; raises DatasetError when the split is missing or empty."""
+    def samples(self, split: str, problems: list[str] | None = None) -> list[Sample]:
+        """The sorted samples of 'train' or 'val'; raises DatasetError when the split is missing or empty, or at the
+        first image without its label or depth file; given a `problems` list, such images are left out and their
+        one-line messages added to it instead (the data report lists them all)."""
         self._check_split(split)
         folder = self._split_dir(split)
         if not folder.is_dir():
             raise DatasetError(f'{self.kind} {split} split not found: missing {folder}; {self.layout}')
-        items = self._list(split)
-        if not items:
+        items = self._list(split, problems)
+        if not items and not problems:
             raise DatasetError(f'{self.kind} {split} split is empty: no images in {folder}; {self.layout}')
         return items
 
+    @staticmethod
+    def _problem(problems: list[str] | None, error: DatasetError) -> None:
+        """Raise `error`, or, given a `problems` list, add its message there (the caller leaves the sample out)."""
+        if problems is None:
+            raise error
+        problems.append(str(error))
+
     def _missing(self, image: Path, what: str, path: Path) -> DatasetError:
+        if path.is_dir() or path.is_symlink():
+            kind = 'a folder' if path.is_dir() else 'a broken link or a link loop'
+            return DatasetError(f'image {image} has no readable {what}: {path} is {kind}; restore the file')
         return DatasetError(f'image {image} has no {what}: missing {path}; restore it or remove the image')
 
     def _check_size(self, s: Sample, path: Path, arr: np.ndarray) -> None:
@@ -299,23 +343,24 @@ class SynthiaDataset(DomainDataset):
         """Only 'train': SYNTHIA has no labelled validation split."""
         return super().has_split(split) and split == 'train'
 
-    def samples(self, split: str) -> list[Sample]:
+    def samples(self, split: str, problems: list[str] | None = None) -> list[Sample]:
         """All of SYNTHIA as 'train'; 'val' raises DatasetError (there is no labelled validation split)."""
         self._check_split(split)
         if split == 'val':
             raise DatasetError(f'SYNTHIA has no labelled validation split ({self.root}): use it as the source '
                                f'(train) and evaluate on the target\'s val split')
-        return super().samples(split)
+        return super().samples(split, problems)
 
-    def _list(self, split: str) -> list[Sample]:
+    def _list(self, split: str, problems: list[str] | None = None) -> list[Sample]:
         items = []
         for image in sorted((self.root / 'RGB').glob('*.png')):
             label, depth = self.label_dir / image.name, self.depth_dir / image.name
             if not label.is_file():
-                raise self._missing(image, 'label', label)
-            if not depth.is_file():
-                raise self._missing(image, 'depth', depth)
-            items.append(Sample(image, label, depth))
+                self._problem(problems, self._missing(image, 'label', label))
+            elif not depth.is_file():
+                self._problem(problems, self._missing(image, 'depth', depth))
+            else:
+                items.append(Sample(image, label, depth))
         return items
 
     def _read_raw_ids(self, path: Path) -> np.ndarray:
@@ -354,7 +399,7 @@ class CityscapesDataset(DomainDataset):
     def _split_dir(self, split: str) -> Path:
         return self.root / 'leftImg8bit' / split
 
-    def _list(self, split: str) -> list[Sample]:
+    def _list(self, split: str, problems: list[str] | None = None) -> list[Sample]:
         items, disparity = [], self.root / 'disparity' / split
         with_depth = disparity.is_dir()
         for image in sorted(self._split_dir(split).glob('*/*_leftImg8bit.png')):
@@ -362,11 +407,13 @@ class CityscapesDataset(DomainDataset):
             label = self.root / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png'
             if not label.is_file():
                 if split == 'val':
-                    raise self._missing(image, 'label', label)
+                    self._problem(problems, self._missing(image, 'label', label))
+                    continue
                 label = None  # train is used unlabelled
             depth = disparity / city / f'{stem}_disparity.png' if with_depth else None
             if depth is not None and not depth.is_file():
-                raise self._missing(image, 'disparity', depth)
+                self._problem(problems, self._missing(image, 'disparity', depth))
+                continue
             items.append(Sample(image, label, depth))
         return items
 
@@ -408,13 +455,14 @@ class VistasDataset(DomainDataset):
     def _split_dir(self, split: str) -> Path:
         return self.root / self._FOLDERS[split] / 'images'
 
-    def _list(self, split: str) -> list[Sample]:
+    def _list(self, split: str, problems: list[str] | None = None) -> list[Sample]:
         items, labels = [], self.root / self._FOLDERS[split] / 'labels'
         for image in sorted(p for p in self._split_dir(split).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             label = labels / f'{image.stem}.png'
             if not label.is_file():
                 if split == 'val':
-                    raise self._missing(image, 'label', label)
+                    self._problem(problems, self._missing(image, 'label', label))
+                    continue
                 label = None  # train is used unlabelled
             items.append(Sample(image, label))
         return items
@@ -525,22 +573,30 @@ class FolderDataset(DomainDataset):
     def _split_dir(self, split: str) -> Path:
         return self.root / 'images' / split
 
-    def _list(self, split: str) -> list[Sample]:
+    def _list(self, split: str, problems: list[str] | None = None) -> list[Sample]:
         images = self._split_dir(split)
         labels, depths = self.root / 'labels' / split, self.root / 'depth' / split
-        files = sorted((p for p in images.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        files = sorted((p for p in images.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES),
                        key=lambda p: p.relative_to(images).as_posix())
         items = []
         for image in files:
             rel = image.relative_to(images)
+            if image.is_dir():  # never left out without a word
+                self._problem(problems, DatasetError(f'{image} is a folder where an image file should be; rename or '
+                                                     f'remove it'))
+                continue
             label = labels / rel.with_suffix('.png') if labels.is_dir() else None
             if label is not None and not label.is_file():
-                raise self._missing(image, 'label', label)
+                self._problem(problems, self._missing(image, 'label', label))
+                continue
             depth = None
             if depths.is_dir():
                 found = [p for s in DEPTH_SUFFIXES if (p := depths / rel.with_suffix(s)).is_file()]
                 if not found:
-                    raise self._missing(image, 'depth', depths / rel.with_suffix('.png'))
+                    there = [p for s in DEPTH_SUFFIXES if (p := depths / rel.with_suffix(s)).is_symlink() or p.exists()]
+                    where = (there or [depths / rel.with_suffix('.png')])[0]
+                    self._problem(problems, self._missing(image, 'depth', where))
+                    continue
                 depth = found[0]
             items.append(Sample(image, label, depth))
         return items
@@ -550,7 +606,7 @@ class FolderDataset(DomainDataset):
             return _first_channel(read_array(path))
         try:
             arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
             raise DatasetError(f'cannot read {path} ({e}); {_FIX}') from None
         if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
             raise DatasetError(f'depth {path} has shape {arr.shape} and type {arr.dtype}; expected (H, W) numbers')

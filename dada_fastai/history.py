@@ -245,7 +245,7 @@ class HistoryLogger(Callback):
                  n_images: int = 4):
         self.run_dir, self.every, self.sinks = Path(run_dir), max(int(every), 1), list(sinks)
         self.image_every, self.n_images = image_every, n_images
-        self.prepared, self.images, self.warned, self.fitting, self.snapshot = False, None, set(), False, 0
+        self.prepared, self.images, self.warned, self.fitting, self.iter_at_fit = False, None, set(), False, 0
         self.iteration = None  # the last training iteration this callback saw
 
     @property
@@ -316,7 +316,7 @@ class HistoryLogger(Callback):
     # known by its first before_train, and the iteration of a validation outside a fit is taken before the reset
     # (this callback runs before TrainEvalCallback, so in after_batch `train_iter` does not count the batch yet).
     def before_fit(self):
-        self.fitting, self.snapshot = False, int(getattr(self.learn, 'train_iter', 0) or 0)
+        self.fitting, self.iter_at_fit = False, int(getattr(self.learn, 'train_iter', 0) or 0)
 
     def before_train(self):
         if self.fitting or not self.active:
@@ -360,7 +360,7 @@ class HistoryLogger(Callback):
         if values is None:
             return
         if not self.fitting:  # the final evaluation, or a resume of a finished run
-            self.iteration = getattr(self, 'iteration', None) or self.snapshot
+            self.iteration = getattr(self, 'iteration', None) or self.iter_at_fit
         if not self.prepared:
             self._prepare(self.iteration)
         if self.last_valid != self.iteration:

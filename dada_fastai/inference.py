@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
 from .callbacks import tf32
@@ -14,11 +13,10 @@ from .config import ConfigError
 from .checkpoint import CheckpointError, load_inference_file
 from .data import depth_to_rgb, fit_to_size, normalization, parse_size
 from .datasets import DatasetError, open_dataset, write_png
-from .metrics import DepthAccuracy
-from .learner import ConfusionMatrix, confusion_matrix, finite_mean, iou_from_confusion
+from .metrics import ConfusionMatrix, DepthAccuracy, confusion_matrix, finite_mean, iou_from_confusion
 from .losses import IGNORE_INDEX, upsample
+from .meta import RunMeta
 from .model import DADA, REFERENCE_ARCH
-from .protocols import get_protocol
 
 __all__ = ['LoadedModel', 'load_model', 'evaluate_model', 'predict_files', 'IMAGE_SUFFIXES']
 
@@ -26,16 +24,21 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 class LoadedModel:
-    """A segmenter ready for inference, with the preprocessing and sizes of the run it comes from."""
+    """A segmenter ready for inference, with the preprocessing and sizes of the run it comes from (`meta`, with
+    the run's configuration as `meta.config` when a config.yaml sits beside the model)."""
 
-    def __init__(self, model: DADA, meta: dict, run_config: dict, device: torch.device, precision: str = 'fp32'):
-        self.model, self.meta, self.run_config, self.device = model.eval().to(device), meta, run_config, device
+    def __init__(self, model: DADA, meta: RunMeta, device: torch.device, precision: str = 'fp32'):
+        self.model, self.meta, self.device = model.eval().to(device), meta, device
         if precision not in ('fp32', 'bf16', 'fp16'):
             raise ConfigError(f'unknown precision {precision!r}; valid: fp32, bf16, fp16')
         self.precision = precision
-        self.protocol = get_protocol(meta['n_classes'])
-        norm = meta.get('norm') or 'imagenet'
-        self.norm = normalization(norm, meta.get('arch'))
+        self.protocol = meta.protocol
+        self.norm = normalization(meta.norm or 'imagenet', meta.arch)
+
+    @property
+    def run_config(self) -> dict:
+        """The run's configuration beside the model ({} when there is none)."""
+        return dict(self.meta.config or {})
 
     def preprocess(self, rgb: np.ndarray, size: tuple[int, int] | None, fit: str = 'stretch') -> torch.Tensor:
         """(H, W, 3) uint8 -> normalised (1, 3, h, w) float on the model's device (bicubic resize; `fit='pad'`
@@ -78,7 +81,7 @@ class LoadedModel:
     def input_size(self) -> tuple[int, int] | None:
         """The size (H, W) the model's target images were brought to in training (None when unknown: images then
         keep their size)."""
-        return parse_size(self.meta.get('target_size') or self.run_config.get('target_size'))
+        return parse_size(self.meta.target_size or self.run_config.get('target_size'))
 
     @torch.no_grad()
     def predict(self, item, *, size='original', input_size=None) -> tuple:
@@ -92,7 +95,7 @@ class LoadedModel:
         from .learner import prediction_to_size, prediction_triple
         from .data import image_to_rgb
         rgb = image_to_rgb(item)
-        fit = self.meta.get('fit', 'stretch')
+        fit = self.meta.fit
         x = self.preprocess(rgb, parse_size(input_size) if input_size is not None else self.input_size, fit)
         seg, depth = self.forward(x)
         in_hw = tuple(x.shape[-2:])
@@ -112,11 +115,14 @@ def load_model(path: str | Path, device: str | torch.device = 'auto', precision:
     from .runs import resolve_device
     device = resolve_device(device) if isinstance(device, str) else device
     sd, meta = load_inference_file(path)
-    if not meta.get('n_classes'):
-        raise CheckpointError(f'{path}: no model metadata (class count, architecture)')
+    from .config import arch_rule, check_option, train_options
+    from .protocols import PROTOCOLS
+    if meta['n_classes'] not in PROTOCOLS or arch_rule(meta['arch']) is not None:
+        raise CheckpointError(f'{path}: its metadata describes an unknown model ({meta["n_classes"]} classes, '
+                              f'architecture {meta["arch"]!r}); a damaged file or one of another program')
     kwargs = {}
     if meta.get('arch') == REFERENCE_ARCH and meta.get('layers'):
-        kwargs['layers'] = tuple(meta['layers'])
+        kwargs['layers'] = tuple(check_option('layers', *train_options()['layers'], meta['layers'], f' in {path}'))
     model = DADA(meta['n_classes'], arch=meta['arch'], pretrained=False, depth_block=meta['depth_block'],
                  feature_fusion=meta['feature_fusion'], **kwargs)
     try:
@@ -124,10 +130,26 @@ def load_model(path: str | Path, device: str | torch.device = 'auto', precision:
     except RuntimeError as e:
         raise CheckpointError(f'{path}: weights do not fit the model they describe ({" ".join(str(e).split())[:200]})') from None
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
-    run_config = {}
-    if (run_dir / 'config.yaml').is_file():
-        run_config = yaml.safe_load((run_dir / 'config.yaml').read_text()) or {}
-    return LoadedModel(model, meta, run_config, device, precision)
+    info = RunMeta.from_dict({**meta, 'layers': kwargs.get('layers')}, config=_run_config(run_dir))
+    return LoadedModel(model, info, device, precision)
+
+
+def _run_config(run_dir: Path) -> dict:
+    """The run configuration beside a model (config.yaml; {} when there is none), as a mapping."""
+    path = run_dir / 'config.yaml'
+    if not path.is_file():
+        return {}
+    from .config import check_option, load_preset, train_options
+    try:
+        values = load_preset(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f'cannot read {path} ({type(e).__name__}); restore it, or move it away and give --target '
+                          'and --size') from None
+    specs = train_options()
+    for name in ('source', 'target', 'target_size', 'classes', 'toy'):  # what evaluation and prediction use
+        if name in values:
+            values[name] = check_option(name, *specs[name], values[name], f' in {path}')
+    return values
 
 
 def _per_image_miou(cm: np.ndarray) -> float:
@@ -183,10 +205,7 @@ def _evaluate(model, target, classes, target_size, baseline, max_images, device,
             bpred, _ = base(rgb, size, label.shape, ds.fit)
             bcm = confusion_matrix(torch.from_numpy(bpred), lab, proto.n_classes)
             worse += _per_image_miou(cm.numpy()) < _per_image_miou(bcm.numpy())
-    iou = iou_from_confusion(total.cm)
-    res = {'miou': finite_mean(iou), 'miou13': finite_mean(iou[list(proto.subset13)]) if proto.subset13 else None,
-           'per_class': {c: finite_mean(v) for c, v in zip(proto.classes, iou)}, 'images': len(samples),
-           'target': str(target)}
+    res = {**total.scores(), 'images': len(samples), 'target': str(target)}
     if base is not None:
         res['negative_transfer'] = 100. * worse / max(len(samples), 1)
     if depth_acc.result() is not None:
@@ -204,7 +223,7 @@ def _expand_inputs(inputs) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f'input not found: {p}')
+            raise DatasetError(f'input not found: {p}')
     if not files:
         raise DatasetError(f'no images ({", ".join(IMAGE_SUFFIXES)}) found in {", ".join(map(str, inputs))}')
     return files
@@ -213,11 +232,12 @@ def _expand_inputs(inputs) -> list[Path]:
 def predict_files(model: str | Path, inputs, out: str | Path, size: str | None = None,
                   device: str = 'auto', precision: str = 'fp32') -> list[Path]:
     """Write <name>_seg.png (colour-coded classes) and <name>_depth.png (near = warm) for each image."""
+    files = _expand_inputs(inputs)  # a wrong path fails before the model loads
     lm = load_model(model, device, precision)
     size = parse_size(size or lm.run_config.get('target_size'))
     out = Path(out)
     written = []
-    for f in _expand_inputs(inputs):
+    for f in files:
         _, (pred, depth), _ = lm.predict(f, input_size=size)  # read as the datasets read images (`image_to_rgb`)
         written.append(write_png(out / f'{f.stem}_seg.png', lm.protocol.colorize(pred.numpy())))
         if depth is not None:

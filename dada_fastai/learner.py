@@ -1,5 +1,5 @@
 """`dada_learner()`: the DADA model, its discriminators and callbacks in a fastai Learner; the methods and
-ablations of the paper as configurations; the evaluation metrics; `show_results`."""
+ablations of the paper as configurations; evaluation (with the metrics of `metrics`); `show_results`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,23 +10,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.schedule import ParamScheduler
+from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.data.core import DataLoaders
-from fastai.callback.core import Callback
-from fastai.learner import Learner, Metric
+from fastai.callback.core import Callback, CancelFitException
+from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
+from fastcore.foundation import L
 from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
-                        NonFiniteGuard, SetEpoch, ThrottledProgress, poly_decay)
-from .metrics import DepthAccuracy
-from .losses import ADAPT_MAPS, IGNORE_INDEX, Lambdas, source_loss, upsample
+                        NonFiniteGuard, SetEpoch, TableProgress, ThrottledProgress, poly_decay)
+from .metrics import ConfusionMatrix, DepthAccuracy, MeanIoU, confusion_matrix, finite_mean, iou_from_confusion
+from .losses import ADAPT_MAPS, IterationResult, Lambdas, source_loss, upsample
+from .meta import RunMeta
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
 
 __all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU', 'finite_mean',
            'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'default_precision',
-           'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple']
+           'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple', 'run_iteration']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,7 +73,7 @@ def method_config(method: str | MethodConfig) -> MethodConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Loss and metrics
+# The loss
 # ---------------------------------------------------------------------------------------------------------
 class DADALoss:
     """Source loss for fastai: predictions (seg, depth) upsampled to the label size, then
@@ -98,83 +100,6 @@ class DADALoss:
         return pred[0].argmax(1), pred[1]
 
 
-def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Confusion matrix (rows: ground truth, cols: prediction) over pixels whose label is valid."""
-    valid = label != IGNORE_INDEX
-    idx = label[valid].long() * n_classes + pred[valid].long()
-    return torch.bincount(idx, minlength=n_classes ** 2).reshape(n_classes, n_classes)
-
-
-def iou_from_confusion(cm: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Per-class IoU = TP / (TP + FP + FN) in percent; NaN for classes absent from both."""
-    cm = np.asarray(cm, np.float64)
-    tp = np.diag(cm)
-    denom = cm.sum(0) + cm.sum(1) - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(denom > 0, tp / denom * 100, np.nan)
-
-
-def finite_mean(values) -> float | None:
-    """Mean of the finite values; None when there are none (a class absent from labels and predictions has no
-    IoU, and JSON has no NaN)."""
-    values = np.atleast_1d(np.asarray(values, np.float64))
-    return float(np.nanmean(values)) if np.isfinite(values).any() else None
-
-
-class ConfusionMatrix:
-    """The confusion matrix of a validation pass at the label's full resolution (logits upsampled
-    bilinearly, align_corners=True, before the argmax, as the reference evaluates)."""
-
-    def __init__(self, protocol: Protocol):
-        self.protocol = protocol
-        self.reset()
-
-    def reset(self):
-        self.cm = torch.zeros(self.protocol.n_classes, self.protocol.n_classes, dtype=torch.long)
-
-    def accumulate(self, seg: torch.Tensor, label: torch.Tensor):
-        pred = upsample(seg, label.shape[-2:]).argmax(1)
-        self.cm += confusion_matrix(pred, label, self.protocol.n_classes).cpu()
-
-    def per_class(self) -> dict[str, float | None]:
-        """{class name: IoU %} of the accumulated matrix (None for a class absent from labels and predictions)."""
-        return {c: finite_mean(v) for c, v in zip(self.protocol.classes, iou_from_confusion(self.cm))}
-
-
-class MeanIoU(Metric):
-    """mIoU (%) on the validation set, over all classes or a subset (mIoU* of the 16-class protocol).
-    The metric without a subset fills the shared `ConfusionMatrix` (and `depth`, on batches with the
-    target's depth); put it first."""
-
-    def __init__(self, cm: ConfusionMatrix, subset: Sequence[int] | None = None, name: str = 'miou',
-                 depth: DepthAccuracy | None = None):
-        self.cm, self.subset, self._name, self.depth = cm, subset, name, depth
-
-    def reset(self):
-        if self.subset is None:
-            self.cm.reset()
-            if self.depth is not None:
-                self.depth.reset()
-
-    def accumulate(self, learn):
-        if self.subset is None:
-            self.cm.accumulate(learn.pred[0], learn.yb[0])
-            gt = getattr(learn, 'depth_yb', None)
-            if self.depth is not None and gt is not None and learn.pred[1] is not None:
-                self.depth.accumulate(upsample(learn.pred[1].float(), gt.shape[-2:]), gt)
-
-    @property
-    def value(self):
-        if not self.cm.cm.sum():
-            return None
-        iou = iou_from_confusion(self.cm.cm)
-        return finite_mean(iou if self.subset is None else iou[list(self.subset)])
-
-    @property
-    def name(self):
-        return self._name
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The Learner
 # ---------------------------------------------------------------------------------------------------------
@@ -196,21 +121,67 @@ class DADALearner(Learner):
         if i == 1 and len(b) == 3:  # a validation batch with the target's depth: for the depth metrics only
             self.yb, self.depth_yb = b[1:2], b[2]
 
+    cuda_backend = CudaBackend(tf32=False)  # TF32 and cuDNN settings while fitting and validating
+
     def fit(self, *args, **kwargs):
-        try:
+        """fastai's `fit`, under the Learner's CUDA backend settings (the process's own come back after it, also
+        when an error ends the fit)."""
+        with self.cuda_backend.applied():
             return super().fit(*args, **kwargs)
-        finally:  # fastai skips after_fit when an error ends the fit: the process's CUDA settings come back
-            for cb in self.cbs:
-                if isinstance(cb, CudaBackend):
-                    cb.after_fit()
+
+    def validation_context(self, cbs=None, inner: bool = False):
+        """fastai's validation context (`validate`, `get_preds`), under the Learner's CUDA backend settings."""
+        ctx = super().validation_context(cbs=cbs, inner=inner)
+        ctx.insert(0, self.cuda_backend.applied())
+        return ctx
+
+    meta: RunMeta  # what describes the model and its run (`dada_learner` sets it once)
+    confusion: ConfusionMatrix  # the validation's confusion matrix (read by `evaluate`, `per_class_iou`)
+    depth_accuracy: DepthAccuracy  # the validation's depth metrics, on targets that ship depth
 
     @property
     def protocol(self) -> Protocol:
-        return self.dada_config['protocol']
+        """The class set the model predicts (`meta.protocol`)."""
+        return self.meta.protocol
 
     @property
-    def confusion(self) -> ConfusionMatrix:
-        return self.dada_config['confusion']
+    def run_config(self) -> dict:
+        """The run's configuration (`meta.config`; {} for a learner built outside a run)."""
+        return dict(self.meta.config or {})
+
+    @property
+    def dada_config(self) -> dict:
+        """`meta` and the metrics as the dictionary earlier versions kept (read-only)."""
+        m = self.meta
+        return {'protocol': m.protocol, 'method': m.method, 'arch': m.arch, 'lambdas': self.loss_func.lambdas,
+                'confusion': self.confusion, 'depth': self.depth_accuracy, 'layers': list(m.layers or ()) or None,
+                'mode': m.mode, 'bn': m.bn}
+
+    def fit_one_cycle(self, n_epoch: int, lr_max=None, div: float = 25., div_final: float = 1e5,
+                      pct_start: float = 0.25, wd=None, moms=None, cbs=None, reset_opt: bool = False,
+                      start_epoch: int = 0) -> None:
+        """fastai's `fit_one_cycle`, with the fit started at the cycle's peak `lr_max` (fastai's starts it at
+        `learn.lr`): the discriminators' rate is `d_lr` times the segmenter's rate over that peak."""
+        if self.opt is None:
+            self.create_opt()
+        self.opt.set_hyper('lr', self.lr if lr_max is None else lr_max)
+        lr_max = np.array([h['lr'] for h in self.opt.hypers])
+        scheds = {'lr': combined_cos(pct_start, lr_max / div, lr_max, lr_max / div_final),
+                  'mom': combined_cos(pct_start, *(self.moms if moms is None else moms))}
+        self.fit(n_epoch, lr_max, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd,
+                 start_epoch=start_epoch)
+
+    def fit_flat_cos(self, n_epoch: int, lr=None, div_final: float = 1e5, pct_start: float = 0.75, wd=None,
+                     cbs=None, reset_opt: bool = False, start_epoch: int = 0) -> None:
+        """fastai's `fit_flat_cos`, started at its flat rate `lr` and from `start_epoch` (fastai's starts at
+        `learn.lr` and drops `start_epoch`, so a resumed run would train its first epochs again)."""
+        if self.opt is None:
+            self.create_opt()
+        self.opt.set_hyper('lr', self.lr if lr is None else lr)
+        lr = np.array([h['lr'] for h in self.opt.hypers])
+        scheds = {'lr': combined_cos(pct_start, lr, lr, lr / div_final)}
+        self.fit(n_epoch, lr, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd,
+                 start_epoch=start_epoch)
 
     def fit_iters(self, n_iters: int, lr: float | None = None, schedule: str = 'poly', power: float = 0.9,
                   cbs=None, **kwargs) -> None:
@@ -251,11 +222,8 @@ class DADALearner(Learner):
         """Validate on `dl` (default: the target validation set): {'miou', 'miou13', 'per_class'} in percent,
         and 'depth' (`metrics.DepthAccuracy.result`: δ<1.25, abs-rel, a constant's) when the set has depth."""
         self.validate(dl=dl)
-        iou = iou_from_confusion(self.confusion.cm)
-        sub = self.protocol.subset13
-        res = {'miou': finite_mean(iou), 'miou13': finite_mean(iou[list(sub)]) if sub is not None else None,
-               'per_class': self.per_class_iou()}
-        depth = self.dada_config['depth'].result()
+        res = self.confusion.scores()
+        depth = self.depth_accuracy.result()
         if depth is not None:
             res['depth'] = depth
         return res
@@ -420,6 +388,47 @@ class DADALearner(Learner):
         return PrettyString(res)
 
 
+class _KeepIteration(Callback):
+    """Keep what the training iteration computed (predictions, the discriminators' maps, the loss terms) and end
+    the fit before any optimizer steps or gradients are zeroed."""
+    order = DADATrainer.order + 1
+
+    def before_step(self):
+        dada = self.learn.dada
+        seg_t, depth_t = dada.pred_t if dada.pred_t is not None else (None, None)
+        self.result = IterationResult(*self.learn.pred, seg_t, depth_t, dict(dada.maps_s), dict(dada.maps_t),
+                                      _iteration_losses(dada))
+        raise CancelFitException()
+
+
+def _iteration_losses(dada: DADATrainer) -> dict[str, torch.Tensor]:
+    """`DADATrainer`'s loss terms under `IterationResult`'s names: seg_src, depth_src, adv_KIND, d_src_KIND, ..."""
+    losses = {f'{k}_src': dada.batch_terms[k] for k in ('seg', 'depth') if k in dada.batch_terms}
+    for kind in dada.discriminators:
+        sfx = '' if len(dada.discriminators) == 1 else f'_{kind}'
+        losses |= {f'{k}_{kind}': dada.batch_terms[f'{k}{sfx}'] for k in ('adv', 'd_src', 'd_trg')}
+    return losses
+
+
+def run_iteration(model: nn.Module, discriminators: dict[str, nn.Module], x_src: torch.Tensor, labels: torch.Tensor,
+                  depth_target: torch.Tensor | None, x_trg: torch.Tensor, lambdas: Lambdas = Lambdas()) -> IterationResult:
+    """One training iteration on one batch, as `DADALearner` trains (faithful mode: the reference's order, four
+    backward passes): the forward and backward passes, no optimizer step and no zeroing, so that the gradients are
+    the iteration's (added to any already there). `discriminators` maps an adaptation map to its discriminator;
+    empty for source-only training (the target image is then not used)."""
+    from fastai.data.load import DataLoader
+    batch = (x_src, x_trg, labels.long()) + ((depth_target,) if depth_target is not None else ())
+    train = DataLoader(range(1), bs=1, create_batch=lambda _: batch)
+    train.n_inp = 2  # source and target images
+    dls = DataLoaders(train, DataLoader(range(0), bs=1), device=x_src.device)
+    keep = _KeepIteration()
+    learn = DADALearner(dls, model, loss_func=DADALoss(lambdas), opt_func=sgd_reference,
+                        cbs=[DADATrainer(discriminators, lambdas), keep])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, lr=0.)
+    return keep.result
+
+
 class _GatherSegDepth(Callback):
     """Keep each batch's raw logits, inverse depth (or None) and input size for `DADALearner.get_preds` (fastai's
     own gathering concatenates predictions before they can be resized, and cannot hold a missing depth)."""
@@ -488,7 +497,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
                  backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', mode: str = 'faithful',
                  precision: str | None = None, compile: bool | dict = False, bn: str = 'batch',
-                 depth_scale: float = 1., **kwargs) -> DADALearner:
+                 depth_scale: float = 1., config: dict | None = None, **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
@@ -506,7 +515,9 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     mode, running statistics updated); `bn='frozen'` keeps the frozen-affine BatchNorm layers (all of the
     backbone's) in eval mode (`FrozenBatchNorm`): they normalise with their running statistics, which stay
     as loaded. It departs from the reference, and lets fast mode run source and target in one forward
-    when both come at the same size."""
+    when both come at the same size.
+
+    `config`: the run's configuration (`TrainConfig.to_dict()`), kept in `learn.meta` and written into checkpoints."""
     cfg = method_config(method)
     proto = getattr(dls, 'protocol', None) or get_protocol(n_classes or 16)
     n_classes = proto.n_classes
@@ -524,7 +535,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
         raise ValueError(f"unknown bn {bn!r}; valid: batch, frozen")
     discs = nn.ModuleDict({k: Discriminator(1 if k == 'depth' else n_classes, ndf) for k in cfg.adapt})
     trainer = DADATrainer(discs, lambdas, d_lr=d_lr, fused=fast)
-    extra = [CudaBackend(tf32=fast)]
+    extra = []
     if on_nan:
         extra.append(NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1))
     if bn == 'frozen':
@@ -539,13 +550,16 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas, depth_scale), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,
                         cbs=[trainer, HeadLR(head_lr_mult), SetEpoch()] + extra + list(cbs or []), **kwargs)
-    if fast:
-        learn.remove_cb(ProgressCallback)
-        learn.add_cb(ThrottledProgress())
-    learn.dada_config = {'protocol': proto, 'method': cfg, 'arch': arch, 'lambdas': lambdas, 'confusion': cm,
-                         'depth': depth_acc,
-                         'layers': list((backbone_kwargs or {}).get('layers', ())) or None, 'mode': mode,
-                         'bn': bn}
+    learn.remove_cb(ProgressCallback)
+    learn.add_cb(ThrottledProgress() if fast else TableProgress())
+    learn.cuda_backend = CudaBackend(tf32=fast)
+    learn.confusion, learn.depth_accuracy = cm, depth_acc
+    norm = getattr(dls, 'norm', None)  # dls of `dada_dataloaders` describe their data; others may not
+    learn.meta = RunMeta(n_classes, arch, cfg.depth_block, cfg.feature_fusion, cfg.adapt,
+                         layers=(backbone_kwargs or {}).get('layers'), norm=norm if isinstance(norm, str) else None,
+                         source_size=getattr(dls, 'source_size', None), target_size=getattr(dls, 'target_size', None),
+                         fit=getattr(getattr(dls, 'target_ds', None), 'fit', 'stretch'), mode=mode, bn=bn,
+                         config=config)
     return learn
 
 

@@ -1,6 +1,7 @@
 """DADA's losses and the math of one training iteration, as plain functions.
 
-The training callbacks call these functions; the parity tests run them against the reference's numbers.
+The training callbacks call these functions; the parity tests run them, through the iteration that training runs
+(`dada_iteration`), against the reference's numbers.
 Conventions of the reference: predictions are upsampled (bilinear, align_corners=True) to the label size
 before any loss; the discriminator labels source 0 and target 1.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -128,42 +129,10 @@ class IterationResult:
 
 
 def dada_iteration(model: nn.Module, discriminators: dict[str, nn.Module], x_src: Tensor, labels: Tensor,
-                   depth_target: Tensor | None, x_trg: Tensor, lambdas: Lambdas = Lambdas(),
-                   backward: Callable[[Tensor], None] = Tensor.backward) -> IterationResult:
+                   depth_target: Tensor | None, x_trg: Tensor, lambdas: Lambdas = Lambdas()) -> IterationResult:
     """Forward and backward passes of one reference iteration, in the reference's order (no optimizer step,
     no zeroing): source seg + depth loss; fooling loss per discriminator (frozen); discriminator losses
     on detached source then target maps. `discriminators` maps an adaptation kind to its discriminator;
-    empty for source-only training."""
-    for d in discriminators.values():
-        set_requires_grad(d, False)
-    seg_s, depth_s = model(x_src)
-    size_s = labels.shape[-2:]
-    up_seg_s = upsample(seg_s, size_s)
-    up_depth_s = upsample(depth_s, size_s) if depth_s is not None else None
-    loss, parts = source_loss(up_seg_s, up_depth_s, labels, depth_target, lambdas)
-    backward(loss)
-    res = IterationResult(seg_s, depth_s, None, None, losses={f'{k}_src': v.detach() for k, v in parts.items()})
-    if not discriminators:
-        return res
-    seg_t, depth_t = model(x_trg)
-    res.seg_trg, res.depth_trg = seg_t, depth_t
-    size_t = x_trg.shape[-2:]
-    up_seg_t = upsample(seg_t, size_t)
-    up_depth_t = upsample(depth_t, size_t) if depth_t is not None else None
-    adv = 0.
-    for kind, d in discriminators.items():
-        res.maps_trg[kind] = adaptation_map(up_seg_t, up_depth_t, kind)
-        loss_adv = fooling_loss(d, res.maps_trg[kind])
-        res.losses[f'adv_{kind}'] = loss_adv.detach()
-        adv = adv + loss_adv
-    backward(lambdas.adv * adv)
-    for kind, d in discriminators.items():
-        set_requires_grad(d, True)
-        res.maps_src[kind] = adaptation_map(up_seg_s.detach(), None if up_depth_s is None else up_depth_s.detach(), kind)
-        loss_d_src = discriminator_loss(d, res.maps_src[kind], SOURCE_LABEL)
-        backward(loss_d_src)
-        loss_d_trg = discriminator_loss(d, res.maps_trg[kind], TARGET_LABEL)
-        backward(loss_d_trg)
-        res.losses[f'd_src_{kind}'] = loss_d_src.detach()
-        res.losses[f'd_trg_{kind}'] = loss_d_trg.detach()
-    return res
+    empty for source-only training. It runs the iteration that training runs (`learner.run_iteration`)."""
+    from .learner import run_iteration
+    return run_iteration(model, discriminators, x_src, labels, depth_target, x_trg, lambdas)

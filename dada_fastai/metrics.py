@@ -1,12 +1,125 @@
-"""Depth accuracy on a target that ships depth (Cityscapes' disparity, the toy pair's exact depth): the standard
-monocular-depth figures δ<1.25 and abs-rel, on metric depth recovered from the predicted inverse depth after
-per-image median scaling (the prediction's scale is that of the source's depth targets, not the target's)."""
+"""Evaluation metrics, one set for the Learner's validation and for `evaluate`:
+
+- segmentation: the confusion matrix at the label's full resolution (logits upsampled before the argmax, as the
+  reference evaluates), per-class IoU, mIoU and the 16-class protocol's mIoU* (13 classes);
+- depth accuracy on a target that ships depth (Cityscapes' disparity, the toy pair's exact depth): the standard
+  monocular-depth figures δ<1.25 and abs-rel, on metric depth recovered from the predicted inverse depth after
+  per-image median scaling (the prediction's scale is that of the source's depth targets, not the target's)."""
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
+from fastai.learner import Metric
 from torch import Tensor
 
-__all__ = ['DEPTH_NOTE', 'image_depth_errors', 'DepthAccuracy']
+from .losses import IGNORE_INDEX, upsample
+from .protocols import Protocol
+
+__all__ = ['confusion_matrix', 'iou_from_confusion', 'finite_mean', 'segmentation_scores', 'ConfusionMatrix',
+           'MeanIoU', 'DEPTH_NOTE', 'image_depth_errors', 'DepthAccuracy']
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Segmentation
+# ---------------------------------------------------------------------------------------------------------
+def confusion_matrix(pred: Tensor, label: Tensor, n_classes: int) -> Tensor:
+    """Confusion matrix (rows: ground truth, cols: prediction) over pixels whose label is valid."""
+    valid = label != IGNORE_INDEX
+    idx = label[valid].long() * n_classes + pred[valid].long()
+    return torch.bincount(idx, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+
+
+def iou_from_confusion(cm: np.ndarray | Tensor) -> np.ndarray:
+    """Per-class IoU = TP / (TP + FP + FN) in percent; NaN for classes absent from both."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diag(cm)
+    denom = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(denom > 0, tp / denom * 100, np.nan)
+
+
+def finite_mean(values) -> float | None:
+    """Mean of the finite values; None when there are none (a class absent from labels and predictions has no
+    IoU, and JSON has no NaN)."""
+    values = np.atleast_1d(np.asarray(values, np.float64))
+    return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
+def segmentation_scores(cm: np.ndarray | Tensor, protocol: Protocol) -> dict:
+    """{'miou', 'miou13', 'per_class'} (%) of a confusion matrix: mIoU over the classes present, mIoU* over the
+    13-class subset of the 16-class protocol (None for the others), and {class name: IoU} (None for a class absent
+    from labels and predictions)."""
+    iou = iou_from_confusion(cm)
+    sub = protocol.subset13
+    return {'miou': finite_mean(iou), 'miou13': finite_mean(iou[list(sub)]) if sub is not None else None,
+            'per_class': {c: finite_mean(v) for c, v in zip(protocol.classes, iou)}}
+
+
+class ConfusionMatrix:
+    """The confusion matrix of a validation pass at the label's full resolution (logits upsampled
+    bilinearly, align_corners=True, before the argmax, as the reference evaluates)."""
+
+    def __init__(self, protocol: Protocol):
+        self.protocol = protocol
+        self.reset()
+
+    def reset(self):
+        """Start a new pass."""
+        self.cm = torch.zeros(self.protocol.n_classes, self.protocol.n_classes, dtype=torch.long)
+
+    def accumulate(self, seg: Tensor, label: Tensor):
+        """Add a batch: logits (B, C, h, w) and labels (B, H, W) at their full resolution."""
+        pred = upsample(seg, label.shape[-2:]).argmax(1)
+        self.cm += confusion_matrix(pred, label, self.protocol.n_classes).cpu()
+
+    def scores(self) -> dict:
+        """`segmentation_scores` of the accumulated matrix."""
+        return segmentation_scores(self.cm, self.protocol)
+
+    def per_class(self) -> dict[str, float | None]:
+        """{class name: IoU %} of the accumulated matrix (None for a class absent from labels and predictions)."""
+        return self.scores()['per_class']
+
+
+class MeanIoU(Metric):
+    """mIoU (%) on the validation set, over all classes or a subset (mIoU* of the 16-class protocol).
+    The metric without a subset fills the shared `ConfusionMatrix` (and `depth`, on batches with the
+    target's depth); put it first."""
+
+    def __init__(self, cm: ConfusionMatrix, subset: Sequence[int] | None = None, name: str = 'miou',
+                 depth: DepthAccuracy | None = None):
+        self.cm, self.subset, self._name, self.depth = cm, subset, name, depth
+
+    def reset(self):
+        if self.subset is None:
+            self.cm.reset()
+            if self.depth is not None:
+                self.depth.reset()
+
+    def accumulate(self, learn):
+        if self.subset is None:
+            self.cm.accumulate(learn.pred[0], learn.yb[0])
+            gt = getattr(learn, 'depth_yb', None)
+            if self.depth is not None and gt is not None and learn.pred[1] is not None:
+                self.depth.accumulate(upsample(learn.pred[1].float(), gt.shape[-2:]), gt)
+
+    @property
+    def value(self):
+        if not self.cm.cm.sum():
+            return None
+        iou = iou_from_confusion(self.cm.cm)
+        return finite_mean(iou if self.subset is None else iou[list(self.subset)])
+
+    @property
+    def name(self):
+        return self._name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Depth
+# ---------------------------------------------------------------------------------------------------------
 
 DEPTH_NOTE = ('depth = 1 / predicted inverse depth, median-scaled per image to the ground truth; baseline: a '
               'constant depth (the median of the ground truth)')

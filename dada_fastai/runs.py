@@ -6,6 +6,7 @@ import json
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import yaml
 
 from .config import ConfigError, TrainConfig, load_preset, resolve_config
 from .data import dada_dataloaders, parse_size
+from .errors import UserError
 from .losses import Lambdas
 
 __all__ = ['RunError', 'resolve_device', 'seed_everything', 'new_run_dir', 'build_dataloaders', 'build_learner',
@@ -21,7 +23,7 @@ __all__ = ['RunError', 'resolve_device', 'seed_everything', 'new_run_dir', 'buil
            'warm_start_key', 'warm_start_weights']
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A run that cannot start or continue (existing folder, missing device, nothing to resume)."""
 
 
@@ -128,8 +130,7 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
                          lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
                          precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
-                         depth_scale=cfg.depth_scale)
-    learn.run_config = cfg.to_dict()
+                         depth_scale=cfg.depth_scale, config=cfg.to_dict())
     from .history import add_run_logging
     add_run_logging(learn, cfg, run_dir)  # history.csv, curves.png, --log loggers; plain progress lines in files
     return learn
@@ -200,7 +201,7 @@ def _main_decides(fn, *args):
     if is_main_process():
         try:
             result = ('ok', fn(*args))
-        except (RunError, ConfigError) as e:
+        except UserError as e:
             result = ('error', e)
     kind, value = broadcast_object(result)
     if kind == 'error':
@@ -303,20 +304,24 @@ def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> 
         return _finish(learn, cfg, run_dir, started, console)
 
 
-def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None) -> RunResult:
-    """Continue the run in `run_dir` from its last checkpoint, exactly where it stopped."""
-    from .checkpoint import load_checkpoint, restore_training_state
+def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None, **options) -> RunResult:
+    """Continue the run in `run_dir` from its last checkpoint, exactly where it stopped (from `prev.pth`, with a
+    warning, when `last.pth` is damaged). `iters` and `options` (command-line names) change what may change on
+    resume (`config.Option.on_resume`: how long the run trains and how it is watched); any other option with a value
+    other than the run's is refused, never ignored. Changed options are saved in the run's config.yaml."""
+    from .checkpoint import restore_training_state
     run_dir = Path(run_dir)
-    if not (run_dir / 'config.yaml').is_file():
-        raise RunError(f'{run_dir} is not a run folder (no config.yaml); give the folder that `train --out` made')
-    cfg = TrainConfig(**load_preset(run_dir / 'config.yaml'))
-    if iters is not None:
-        cfg.iters = iters
-    state = load_checkpoint(run_dir / 'last.pth')
+    cfg, state, path = _resume_state(run_dir, {'iters': iters, **options}, console)
     _start_distributed(cfg.device)
     learn = build_run_learner(cfg, run_dir, cbs, init=False)  # the checkpoint holds the weights
     learn.create_opt()
-    restore_training_state(learn, state, run_dir / 'last.pth')
+    restore_training_state(learn, state, path)
+    if path.name != 'last.pth':  # last.pth is damaged: the next checkpoint replaces it, prev.pth stays as it is
+        learn.checkpointer.rotate = False
+    from .distributed import is_main_process
+    if is_main_process() and cfg.to_dict() != _saved_config(run_dir):
+        from .checkpoint import atomic_write_bytes
+        atomic_write_bytes(run_dir / 'config.yaml', yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     started = time.time()
     from .history import tracked_run
     with tracked_run(run_dir, learn, cfg.iters):
@@ -327,3 +332,80 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
         else:
             learn.train_iter = state['iteration']
         return _finish(learn, cfg, run_dir, started, console)
+
+
+def _saved_config(run_dir: Path) -> dict:
+    """The run's config.yaml as a mapping (ConfigError when it cannot be read)."""
+    path = run_dir / 'config.yaml'
+    if not path.is_file():
+        raise RunError(f'{run_dir} is not a run folder (no config.yaml); give the folder that `train --out` made')
+    try:
+        return load_preset(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f'cannot read {path} ({type(e).__name__}: {e}); restore it from the checkpoint\'s copy '
+                          'or start a new run') from None
+
+
+def _resume_state(run_dir: Path, options: dict, console=None) -> tuple[TrainConfig, dict, Path]:
+    """(the configuration to continue with, the checkpoint's state, the checkpoint's path): the run's config.yaml
+    checked as a preset and against its checkpoint, with the options that may change on resume applied."""
+    from dataclasses import fields
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .config import check_config, check_option, flag, train_options
+    specs = train_options()
+    saved = {**_saved_config(run_dir), 'out': str(run_dir)}  # the folder may have moved since
+    where = f' in {run_dir / "config.yaml"}'
+    bad = sorted(set(saved) - set(specs))
+    if bad:
+        raise ConfigError(f'unknown option {bad[0]!r}{where}; a damaged or foreign config.yaml (restore it)')
+    cfg = TrainConfig(**{k: check_option(k, *specs[k], v, where) for k, v in saved.items()})
+    check_config(cfg, where)
+    given = {k.replace('-', '_'): v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise ConfigError(f'unknown option {unknown[0]!r}')
+    for name, value in given.items():
+        value = check_option(flag(name), *specs[name], value)
+        if specs[name][1].on_resume:
+            setattr(cfg, name, value)
+        elif value != getattr(cfg, name) and name != 'out':
+            may = ', '.join(flag(k) for k, (_, opt) in specs.items() if opt.on_resume)
+            raise ConfigError(f'{flag(name)} {value} cannot change when resuming {run_dir} (the run has '
+                              f'{getattr(cfg, name)!r}); on resume only {may} may change; for another recipe start a '
+                              f'new run: --config {run_dir / "config.yaml"} {flag(name)} {value}')
+    last, prev = run_dir / 'last.pth', run_dir / 'prev.pth'
+    try:
+        state, path = load_checkpoint(last), last
+    except CheckpointError as damaged:
+        if not prev.is_file() or not last.exists():
+            raise
+        try:
+            state, path = load_checkpoint(prev), prev
+        except CheckpointError as e:
+            raise CheckpointError(f'both checkpoints of {run_dir} are damaged: {last} ({damaged}) and {prev} ({e})') from None
+        warnings.warn(f'{last} is damaged ({damaged}); resuming from {prev} (iteration {state["iteration"]})')
+        if console is not None:
+            console.print(f'[yellow]warning:[/] {last} is damaged; resuming from {prev} '
+                          f'(iteration {state["iteration"]})', highlight=False)
+    _same_run(cfg, state, path, {f.name for f in fields(TrainConfig) if specs[f.name][1].on_resume} | {'out'}, set(saved))
+    return cfg, state, path
+
+
+def _same_run(cfg: TrainConfig, state: dict, path: Path, free: set[str], saved: set[str]) -> None:
+    """Raise CheckpointError when the checkpoint was written by a run with another recipe than config.yaml's (a
+    config.yaml edited, damaged, or a checkpoint copied from another run), or config.yaml lacks an option the
+    checkpoint's copy has (`saved`: the options config.yaml holds)."""
+    from .checkpoint import CheckpointError
+    try:
+        theirs = json.loads(state.get('config') or '{}')
+    except (TypeError, ValueError):
+        raise CheckpointError(f'{path}: its copy of the run configuration cannot be read; a damaged checkpoint') from None
+    ours = json.loads(json.dumps(cfg.to_dict(), default=str))
+    lacking = sorted(set(theirs) & set(ours) - saved) if isinstance(theirs, dict) else []
+    if lacking:
+        raise CheckpointError(f'{path.parent / "config.yaml"} lacks {lacking[0]!r}, which {path} has; a damaged '
+                              'config.yaml: restore it')
+    for name, value in theirs.items() if isinstance(theirs, dict) else ():
+        if name in ours and name not in free and ours[name] != value:
+            raise CheckpointError(f'{path} was written by a run with {name} {value!r} but {path.parent / "config.yaml"} '
+                                  f'says {ours[name]!r}; restore config.yaml or give the matching checkpoint')

@@ -261,18 +261,18 @@ def _box(material: str, inst: int, z: float, x0: float, x1: float, y0: float, y1
 
 def _tree(i: int, x: float, z: float, rng: np.random.Generator) -> list:
     """A trunk and a round crown."""
-    trunk, r = rng.uniform(1.8, 3.0), rng.uniform(1.2, 2.5)
-    return [_box('trunk', i, z, x - 0.15, x + 0.15, 0, trunk + r),
+    trunk, r = rng.uniform(1.8, 3.0), rng.uniform(1.5, 3.0)
+    return [_box('trunk', i, z, x - 0.2, x + 0.2, 0, trunk + r),
             _Ellipse('foliage', i, z, x, trunk + r * 0.8, r, r * rng.uniform(1.0, 1.5))]
 
 
 def _pole(i: int, x: float, z: float, rng: np.random.Generator) -> list:
     """A pole, perhaps with a round or triangular sign or a traffic light on top."""
-    h, r, kind = rng.uniform(3.5, 7), rng.uniform(0.45, 0.8), rng.integers(4)
+    h, r, kind = rng.uniform(3.5, 7), rng.uniform(0.6, 1.0), rng.integers(4)
     top = {0: [_Ellipse('sign', i, z, x, h - r, r, r)],
            1: [_Polygon('sign', i, z, (x - r, x + r, x), (h, h, h - 1.6 * r))],
-           2: [_box('light', i, z, x - 0.3, x + 0.3, h - 1.4, h)]}.get(kind, [])
-    return [_box('pole', i, z, x - 0.15, x + 0.15, 0, h)] + top
+           2: [_box('light', i, z, x - 0.4, x + 0.4, h - 1.6, h)]}.get(kind, [])
+    return [_box('pole', i, z, x - 0.25, x + 0.25, 0, h)] + top
 
 
 def _person(i: int, x: float, z: float, rng: np.random.Generator) -> list:
@@ -317,18 +317,18 @@ def _sample_world(rng: np.random.Generator) -> _World:
                 if z > NEAR:
                     add([_box('building', i, z, x, x + side * rng.uniform(8, 20), 0, h)])
             z += length + (rng.uniform(3, 15) if rng.random() < 0.3 else 0)
-        for _ in range(rng.poisson(2.5)):
+        for _ in range(rng.poisson(5)):
             add(_tree(next(ids), side * (w.road + w.walk * rng.uniform(0.4, 0.8)), rng.uniform(3, 90), rng))
-        for _ in range(rng.poisson(1.5)):  # bushes along the buildings
-            x, z, r = side * (edge - rng.uniform(0.3, 1.0)), rng.uniform(3, 90), rng.uniform(0.6, 1.5)
+        for _ in range(rng.poisson(3)):  # bushes and hedges along the buildings
+            x, z, r = side * (edge - rng.uniform(0.3, 1.0)), rng.uniform(3, 90), rng.uniform(0.8, 2.0)
             add([_Ellipse('foliage', next(ids), z, x, r * 0.4, r, r * 0.6)])
         for _ in range(1 + rng.poisson(1.5)):
-            add(_pole(next(ids), side * (w.road + rng.uniform(0.3, 0.8)), rng.uniform(3, 40), rng))
+            add(_pole(next(ids), side * (w.road + rng.uniform(0.3, 0.8)), rng.uniform(3, 30), rng))
     # people and vehicles crowd the near street, as in SYNTHIA-RAND's random views
     for _ in range(rng.poisson(5)):  # people, mostly on the sidewalks
         side = rng.choice((-1, 1))
         x = side * (w.road + w.walk * rng.uniform(0.1, 0.9)) if rng.random() < 0.8 else rng.uniform(-w.road, w.road)
-        add(_person(next(ids), x, rng.uniform(3, 25), rng))
+        add(_person(next(ids), x, rng.uniform(2.5, 18), rng))
     for _ in range(rng.poisson(4)):  # vehicles, parked or driving
         side = rng.choice((-1, 1))
         x = side * (w.road - 1.2) if rng.random() < 0.4 else side * w.road * rng.uniform(0.25, 0.6)
@@ -467,7 +467,7 @@ def config_key(cfg: ToyConfig) -> str:
     return f'{cfg.size[0]}x{cfg.size[1]}_seed{cfg.seed}_{digest}'
 
 
-TOY_VERSION = 4  # bumped whenever the rendering changes, so that caches of older renders are not reused
+TOY_VERSION = 5  # bumped whenever the rendering changes, so that caches of older renders are not reused
 
 
 def _config_json(cfg: ToyConfig) -> str:

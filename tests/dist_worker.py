@@ -1,5 +1,7 @@
 """One process of the 2-process distributed test (run by `accelerate launch` from test_distributed.py):
-trains from a config file and saves this rank's final weights and what it saw."""
+trains from a config file and saves this rank's final weights, what it saw and the files it wrote in the run folder."""
+import json
+import os
 import sys
 
 import torch
@@ -8,6 +10,7 @@ from fastai.torch_core import rank_distrib
 
 from dada_fastai.config import resolve_config
 from dada_fastai.runs import train
+from e2e import Poison
 
 
 class Record(Callback):
@@ -32,25 +35,34 @@ class Record(Callback):
                    f'{self.out}/rank{rank_distrib()}.pt')
 
 
-class Poison(Callback):
-    """A NaN loss in one process only (rank `rank`, iteration `at` counted from 0), as a bad batch would give."""
-    order = 6  # after DADATrainer's after_loss
+class WriteLog:
+    """The files that this process opens for writing, or moves into place, inside `folder` (Python's audit events:
+    whatever writes them, through Python's `open` or `os.replace`)."""
 
-    def __init__(self, rank: int, at: int):
-        self.rank, self.at = rank, at
+    def __init__(self, folder: str):
+        self.folder, self.paths = os.path.realpath(folder) + os.sep, set()
+        sys.addaudithook(self._hook)
 
-    def after_loss(self):
-        if self.training and self.train_iter == self.at and rank_distrib() == self.rank:
-            self.learn.loss_grad = self.loss_grad * float('nan')
-            self.learn.loss = self.loss * float('nan')
+    def _hook(self, event: str, args: tuple) -> None:
+        if event == 'open' and isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR):
+            path = args[0]
+        elif event == 'os.rename':  # os.rename and os.replace
+            path = args[1]
+        else:
+            return
+        if isinstance(path, (str, os.PathLike)) and os.path.realpath(path).startswith(self.folder):
+            self.paths.add(os.path.relpath(os.path.realpath(path), self.folder))
 
 
 if __name__ == '__main__':
     config, out, weights_dir = sys.argv[1:4]
+    writes = WriteLog(out)
     cbs = [Record(weights_dir)]
     if len(sys.argv) > 4:  # RANK:ITERATION of a NaN loss
         rank, at = (int(v) for v in sys.argv[4].split(':'))
-        cbs.append(Poison(rank, at))
+        cbs.append(Poison(at, rank))
     train(resolve_config(config, out=out), cbs=cbs)
+    with open(f'{weights_dir}/rank{rank_distrib()}_writes.json', 'w') as f:
+        json.dump(sorted(writes.paths), f)
     from dada_fastai.distributed import shutdown
     shutdown()

@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastai.callback.core import Callback
+from fastai.torch_core import rank_distrib
 
+from dada_fastai.callbacks import DADATrainer
 from layouts import make_cityscapes, make_synthia
 
 SOURCE_SIZE, TARGET_SIZE = '32x48', '32x64'  # the discriminator needs at least 32 pixels a side
@@ -48,3 +50,16 @@ class Crash(Callback):
     def after_batch(self):
         if self.training and self.train_iter == self.at:
             raise KeyboardInterrupt
+
+
+class Poison(Callback):
+    """A NaN loss at iteration `at` (counted from 0), as a bad batch would give; with `rank`, in that process only."""
+    order = DADATrainer.order + 1  # after DADATrainer's after_loss has recorded the iteration's loss terms
+
+    def __init__(self, at: int = 1, rank: int | None = None):
+        self.at, self.rank = at, rank
+
+    def after_loss(self):
+        if self.training and self.train_iter == self.at and self.rank in (None, rank_distrib()):
+            self.learn.loss_grad = self.loss_grad * float('nan')
+            self.learn.loss = self.loss * float('nan')

@@ -169,14 +169,12 @@ def test_wrong_paths_and_unknown_options(capsys, tmp_path):
     assert e.value.code == 2 and '16' in capsys.readouterr().err
 
 
-def test_mismatched_target_labels_in_a_worker_process(world, capsys, tmp_path):
+def test_a_truncated_target_image_in_a_worker_process(world, capsys, tmp_path):
     """An error inside a DataLoader worker still reaches the user as the reader's one line."""
     _, source, _, _ = world
     trg = make_cityscapes(tmp_path / 'cs', n_train=3, n_val=2, size=(40, 72))
-    label = sorted((trg / 'gtFine' / 'train').rglob('*_labelIds.png'))[0]
     image = sorted((trg / 'leftImg8bit' / 'train').rglob('*.png'))[0]
     image.write_bytes(image.read_bytes()[:200])
-    assert label.exists()
     with pytest.raises(SystemExit):
         main(['train', *cli_args(tiny_options(source, f'cityscapes:{trg}', iters=3, out=str(tmp_path / 'o'))),
               '--workers', '1'])

@@ -28,7 +28,9 @@ def run(pair, tmp_path_factory):
     return out
 
 
-def _one_line_error(capsys, code_expected: int = 1) -> str:
+def _one_line_error(capsys, exit_info, code: int = 1) -> str:
+    """The error line on stderr of a command that `exit_info` (pytest's `raises(SystemExit)`) saw exit with `code`."""
+    assert exit_info.value.code == code, exit_info.value.code
     err = capsys.readouterr().err.strip()
     assert err.startswith('dada-fastai: error:') and '\n' not in err, err
     return err
@@ -70,6 +72,20 @@ def test_predict_writes_colour_pngs(run, pair, tmp_path):
     assert len(segs) == len(depths) == 2
     seg = read_array(segs[0])
     assert seg.shape == (40, 72, 3) and seg.dtype == np.uint8
+
+
+def test_predict_reads_16_bit_images_as_training_does(run, tmp_path):
+    """A 16-bit image predicts as its 8-bit version (`// 257`, the datasets' one conversion), not wrapped modulo 256."""
+    from dada_fastai.datasets import read_array, write_png
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 72, 3), dtype=np.uint8)
+    write_png(tmp_path / 'in8' / 'a.png', rgb)
+    sixteen = np.minimum(rgb.astype(np.int64) * 257 + 200, 65535).astype(np.uint16)  # // 257 gives rgb; % 256 not
+    write_png(tmp_path / 'in16' / 'a.png', sixteen)
+    for name in ('in8', 'in16'):
+        assert main(['predict', str(run), str(tmp_path / name), '--out', str(tmp_path / f'out_{name}')]) == 0
+    for kind in ('seg', 'depth'):
+        a, b = (read_array(tmp_path / f'out_{n}' / f'a_{kind}.png') for n in ('in8', 'in16'))
+        assert np.array_equal(a, b), kind
 
 
 def test_resume_continues_to_more_iterations(run, capsys):
@@ -130,8 +146,7 @@ def test_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # the same answer on a GPU machine
     with pytest.raises(SystemExit) as e:
         main(args)
-    assert e.value.code == 1
-    err = _one_line_error(capsys)
+    err = _one_line_error(capsys, e)
     assert message in err, err
     assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').iterdir())
 
@@ -229,9 +244,11 @@ def test_every_training_option_is_a_command_line_option():
     """Every field of TrainConfig can be set from the command line, except the two that take structures (the
     reference backbone's block counts and the toy pair's settings: through --config)."""
     from dataclasses import fields
-    from dada_fastai.cli import _TRAIN_OPTIONS, _parser
+    from dada_fastai.cli import _parser
     from dada_fastai.config import TrainConfig
-    missing = {f.name for f in fields(TrainConfig)} - set(_TRAIN_OPTIONS) - {'layers', 'toy'}
+    flags = {s for a in _parser('train')._actions for s in a.option_strings}
+    missing = {f.name for f in fields(TrainConfig)} - {'layers', 'toy'}
+    missing = {name for name in missing if '--' + name.replace('_', '-') not in flags}
     assert not missing
     args = vars(_parser('train').parse_args(['--augment', '--lambda-depth', '1', '--depth-scale', '0.01',
                                              '--warm-start', '5', '--norm', 'imagenet', '--ndf', '16']))

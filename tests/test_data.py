@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import layouts as L  # noqa: E402
 
 from dada_fastai.data import (PairedAugment, TensorDepth, dada_dataloaders, dada_datablock,  # noqa: E402
-                              depth_to_rgb, normalization, parse_size)
+                              depth_to_rgb, normalization, parse_size, target_index, target_order)
 from dada_fastai.datasets import DatasetError, open_dataset  # noqa: E402
 
 SRC_SIZE, TRG_SIZE = (12, 20), (8, 16)  # (H, W), smaller than the files: resizing is exercised
@@ -50,7 +50,7 @@ def synthia_expected(name: str, classes: int = 16, size=SRC_SIZE) -> dict[str, n
     c = L.synthia_content(name)
     ids = L.expected_ids(L.SYNTHIA_TO_16 if classes == 16 else L.SYNTHIA_TO_7, c['class_ids'])
     return {'image': pil_resize(c['rgb'], size, Image.BICUBIC), 'mask': pil_resize(ids, size, Image.NEAREST),
-            'depth': pil_resize(inverse_depth(c['depth']), size, Image.NEAREST)}
+            'depth': cv2.resize(inverse_depth(c['depth']), size[::-1], interpolation=cv2.INTER_NEAREST)}
 
 
 def cityscapes_stem(path: Path) -> str:
@@ -88,7 +88,7 @@ def identify(images: torch.Tensor, candidates: list[np.ndarray]) -> list[int]:
 def epoch_pairs(dls) -> list[tuple[int, int]]:
     """(source index, target index) of every sample of the train epoch, identified from the pixels."""
     src = [synthia_expected(L.synthia_name(i))['image'] for i in range(len(dls.train.dataset))]
-    trg = [target_expected(t) for t in dls.train.sampler.targets]
+    trg = [target_expected(t) for t in dls.train.pairing.targets]
     pairs = []
     for b in dls.train:
         pairs += list(zip(identify(b[0], src), identify(b[1], trg)))
@@ -150,15 +150,16 @@ def test_sizes_configurable(roots):
 @pytest.mark.parametrize('layout', ['synthia_raw', 'synthia_parsed'])
 def test_train_batch_content(roots, layout):
     """Masks are the decoded train ids resized nearest, depth 65536/(d+1) resized nearest, images PIL bicubic,
-    and the target is the image the sampler paired, resized bicubic."""
+    and the target is the image paired with the sample's position, resized bicubic."""
     dls = make_dls(roots, layout)
-    sampler, src_items = dls.train.sampler, dls.train.dataset.items
-    for (pos, idx), (x_src, x_trg, mask, depth) in zip(dls.train.get_idxs(), dls.train):
-        exp = synthia_expected(src_items[idx].sample.image.name)
+    targets, items = dls.train.pairing.targets, dls.train.dataset.items
+    for (pos, idx, trg), (x_src, x_trg, mask, depth) in zip(dls.train.get_idxs(), dls.train):
+        exp = synthia_expected(items[idx].source.sample.image.name)
         assert np.array_equal(as_uint8(x_src[0]), exp['image'])
         assert np.array_equal(mask[0].numpy(), exp['mask'])
         assert np.array_equal(depth[0, 0].numpy(), exp['depth'])
-        assert np.array_equal(as_uint8(x_trg[0]), target_expected(sampler.targets[sampler.target_index(pos)]))
+        assert trg == target_index(0, 0, pos, len(targets))
+        assert np.array_equal(as_uint8(x_trg[0]), target_expected(targets[trg]))
 
 
 def test_seven_classes_and_vistas_target(roots):
@@ -179,12 +180,32 @@ def test_seven_classes_and_vistas_target(roots):
     assert (m[0, :, 30:] == 255).all()
 
 
+def test_synthia_depth_is_resized_with_opencvs_nearest_rule(tmp_path):
+    """As the reference (`cv2.resize(..., INTER_NEAREST)` in its depth reader): from 320 to 128 columns OpenCV
+    takes columns 0, 2, 5, 7..., Pillow's nearest rule 1, 3, 6, 8..."""
+    from dada_fastai.data import DataItem, ReadDepth
+    from dada_fastai.datasets import write_synthia_sample
+    h, w = 8, 320
+    depth_cm = np.tile(np.arange(w, dtype=np.uint16) * 7, (h, 1)) + np.arange(h, dtype=np.uint16)[:, None] * 3000
+    write_synthia_sample(tmp_path, '0000000.png', np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint16),
+                         depth_cm)
+    ds = open_dataset('synthia', tmp_path)
+    got = np.asarray(ReadDepth((4, 128))(DataItem(ds, ds.samples('train')[0])))
+    cm = np.rint(65536 / got - 1).astype(int)  # back to centimetres
+    cols, rows = cm[0] // 7, cm[:, 0] // 3000
+    expected_cols = cv2.resize(np.arange(w, dtype=np.float32)[None], (128, 1), interpolation=cv2.INTER_NEAREST)[0]
+    assert cols[:4].tolist() == [0, 2, 5, 7] and np.array_equal(cols, expected_cols)
+    assert rows.tolist() == [0, 2, 4, 6]
+    assert np.array_equal(got, cv2.resize(65536 / (depth_cm.astype(np.float32) + 1), (128, 4),
+                                          interpolation=cv2.INTER_NEAREST))
+
+
 def test_sparse_depth_nan_in_folder_source(roots):
     """The folder layout's LiDAR-like depth: 0 = no return -> NaN; elsewhere 65536/(d_cm + 1) (unit mm)."""
     dls = make_dls(roots, 'folder', source_size=(20, 30), bs=1)
     items = dls.train.dataset.items
-    for (pos, idx), (_, _, mask, depth) in zip(dls.train.get_idxs(), dls.train):
-        image = items[idx].sample.image
+    for (pos, idx, _), (_, _, mask, depth) in zip(dls.train.get_idxs(), dls.train):
+        image = items[idx].source.sample.image
         rel = image.relative_to(roots['folder'] / 'images' / 'train').with_suffix('').as_posix()
         c = L.folder_content(L.folder_key('train', rel))
         d = depth[0, 0].numpy()
@@ -256,6 +277,32 @@ def test_order_is_a_function_of_seed_and_epoch(roots):
     assert not all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(e0, e1))
     other = make_dls(roots, seed=4)
     assert epoch_pairs(other) != epoch_pairs(make_dls(roots, seed=3))
+
+
+def test_pairing_is_a_function_of_seed_epoch_and_position(roots):
+    """The target of a position is computed from (seed, epoch, position) alone: the same inputs give the same
+    target in any call order, another epoch another permutation; no sampler is bound or set before a call."""
+    n = 7
+    draws = [target_index(3, 1, pos, n) for pos in range(2 * n)]
+    assert [target_index(3, 1, pos, n) for pos in reversed(range(2 * n))] == draws[::-1]  # no state between calls
+    assert draws == target_order(3, 1, n, 2 * n).tolist()
+    assert sorted(draws[:n]) == sorted(draws[n:]) == list(range(n))  # permutations of the targets, one after another
+    assert draws[:n] != [target_index(3, 2, pos, n) for pos in range(n)]  # another epoch: another permutation
+    assert draws[:n] != [target_index(4, 1, pos, n) for pos in range(n)]  # another seed: another permutation
+    # the DataLoader pairs by these values: each epoch's targets are target_order's, read from the pixels
+    dls = make_dls(roots, seed=3)
+    for epoch in (0, 2):
+        dls.train.set_epoch(epoch)
+        assert [t for _, t in epoch_pairs(dls)] == target_order(3, epoch, 3, 5).tolist()
+    # a DataBlock used directly needs no binding: item i is paired as position i of epoch 0
+    from dada_fastai.data import DataItem
+    src = open_dataset(f'synthia:{roots["synthia_raw"]}')
+    trg = open_dataset(f'cityscapes:{roots["cityscapes"]}')
+    sources, targets = [DataItem(src, s) for s in src.samples('train')], [DataItem(trg, s) for s in trg.samples('train')]
+    dsets = dada_datablock(targets, L.CLASSES16, SRC_SIZE, TRG_SIZE, seed=3).datasets(sources)
+    for i in range(len(sources)):
+        assert dsets.items[i].source == sources[i] and dsets.items[i].target == targets[target_index(3, 0, i, 3)]
+        assert np.array_equal(np.asarray(dsets[i][1]), target_expected(targets[target_index(3, 0, i, 3)]))
 
 
 def test_workers_give_the_same_batches(roots):

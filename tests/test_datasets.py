@@ -13,7 +13,7 @@ from dada_fastai.datasets import (KINDS, CityscapesDataset, DatasetError, Folder
 from layouts import (CITYSCAPES_TO_7, CITYSCAPES_TO_16, CLASSES7, CLASSES16, FOLDER_MAPPING, SYNTHIA_TO_7,
                      SYNTHIA_TO_16, VISTAS_LABELS, cityscapes_content, expected_ids, folder_content, folder_key,
                      make_cityscapes, make_folder, make_synthia, make_vistas, synthia_content,
-                     vistas_content)
+                     vistas_content, write_palette_png)
 
 
 def raises_one_line(path: Path | str, call, *args, **kwargs) -> str:
@@ -129,6 +129,22 @@ def test_vistas_labels_by_readable_name(tmp_path, labels):
             np.testing.assert_array_equal(ds.read_raw_label(s), raw)  # palette indices, not expanded colours
             np.testing.assert_array_equal(ds.read_label(s), expected_ids(mapping, raw))
             assert ds.read_image(s).shape == (18, 30, 3)
+
+
+def test_palette_labels_are_read_as_indices_even_where_colours_repeat(tmp_path):
+    """A palette may give two indices the same colour (Vistas' pads its palette with black): the ids are the
+    stored indices, not the first index of each colour."""
+    root = make_vistas(tmp_path / 'vistas', n_train=0, n_val=1)
+    ds = open_dataset(f'vistas:{root}', n_classes=7)
+    s = ds.samples('val')[0]
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:len(VISTAS_LABELS)] = [colour for _, _, colour, _ in VISTAS_LABELS]
+    palette[12] = palette[2]  # 'Car' drawn in the colour of 'Road'
+    ids = np.tile(np.array([[2, 12, 12], [11, 12, 2]], np.uint8), (9, 10))  # the image's 18x30
+    write_palette_png(s.label, ids, palette)
+    np.testing.assert_array_equal(ds.read_raw_label(s), ids)
+    mapping = {i: tid for i, (*_, tid) in enumerate(VISTAS_LABELS)}
+    np.testing.assert_array_equal(ds.read_label(s), expected_ids(mapping, ids))
 
 
 @pytest.mark.parametrize('n_classes, mapping, classes', [

@@ -1,6 +1,7 @@
 """Distributed training through accelerate: 2 CPU processes (gloo) end with identical weights."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -38,6 +39,8 @@ def _launch(tmp_path: Path, extra_config: str = '', poison: str | None = None) -
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(weights / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    for r, res in enumerate((r0, r1)):
+        res['writes'] = json.loads((weights / f'rank{r}_writes.json').read_text())
     return r0, r1, run
 
 
@@ -62,6 +65,8 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert len(r0['seen']) == len(r1['seen']) == 4 and r0['seen'] != r1['seen']
     # rank 0 alone wrote the run folder
     assert {p.name for p in run.iterdir()} >= {'config.yaml', 'last.pth', 'export.safetensors'}
+    assert {'config.yaml', 'last.pth', 'export.safetensors'} <= set(r0['writes'])
+    assert r1['writes'] == [], r1['writes']
     saved = torch.load(run / 'last.pth', weights_only=True)
     for k, v in saved['model'].items():  # the checkpoint holds the trained (unwrapped) weights
         assert torch.equal(v, r0['model'][k])

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from dada_fastai.callbacks import uses_batch_statistics
 from dada_fastai.data import dada_dataloaders
 from dada_fastai.learner import dada_learner
-from e2e import tiny_pair
+from e2e import Poison, tiny_pair
 from test_learner_parity import _CaptureGrads, _golden_dls
 from conftest import golden_state
 from dada_fastai.losses import Lambdas
@@ -153,6 +153,10 @@ def test_cuda_settings_during_a_fit_and_restored_after(pair, mode, tf32):
         learn.fit_iters(1)
         assert seen and all(s == (tf32, tf32, True) for s in seen)
         assert flags() == (not tf32, not tf32, False)
+        seen.clear()
+        learn.validate()  # validation (`evaluate`, `get_preds`) computes with the same settings
+        assert seen and all(s == (tf32, tf32, True) for s in seen)
+        assert flags() == (not tf32, not tf32, False)
         with pytest.raises(RuntimeError, match='interrupted'):  # also when an error ends the fit
             learn.fit_iters(1, cbs=[Interrupt()])
         assert flags() == (not tf32, not tf32, False)
@@ -241,28 +245,11 @@ def test_precision_and_compile_need_the_fast_mode(pair):
             dada_learner(dls, 'dada', arch='test_resnet', ndf=8, **kwargs)
 
 
-class _Poison:
-    """A callback factory: NaN loss at the second iteration (after DADATrainer has added its terms)."""
-
-    @staticmethod
-    def make(at: int = 1):
-        from fastai.callback.core import Callback
-
-        class Poison(Callback):
-            order = 6
-
-            def after_loss(self):
-                if self.training and self.train_iter == at:
-                    self.learn.loss_grad = self.loss_grad * float('nan')
-                    self.learn.loss = self.loss * float('nan')
-        return Poison()
-
-
 def test_fp16_non_finite_loss_stops_even_between_checks(pair):
     """fp16's scaler would skip the overflowing step silently, and fast mode reads the flag every 50
     iterations only: the check still stops the run, at the latest at the end of the epoch."""
     from dada_fastai.callbacks import NonFiniteLoss
-    learn = _fp16_learner(pair, cbs=[_Poison.make()])
+    learn = _fp16_learner(pair, cbs=[Poison()])
     assert learn.non_finite_guard.every == 50
     with pytest.raises(NonFiniteLoss, match='iterations 1-2'):
         learn.fit_iters(3, schedule='constant')
@@ -273,7 +260,7 @@ def test_fp16_non_finite_loss_skipped(pair):
     was, and training goes on with finite weights."""
     dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
     learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp16', lr=5e-3,
-                         on_nan='skip', cbs=[_Poison.make()])
+                         on_nan='skip', cbs=[Poison()])
     with pytest.warns(UserWarning, match='skipping iteration 2'):
         learn.fit_iters(3, schedule='constant')
     assert learn.non_finite_guard.skipped == [2]
@@ -287,7 +274,7 @@ def test_non_finite_loss_in_the_last_iterations_of_a_budget_stops_the_run(pair):
     from dada_fastai.callbacks import NonFiniteLoss
     dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
     learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp32',
-                         cbs=[_Poison.make(at=2)])
+                         cbs=[Poison(at=2)])
     assert len(dls.train) == 2  # 3 iterations end in the middle of the second epoch
     with pytest.raises(NonFiniteLoss, match='iteration 3'):
         learn.fit_iters(3, schedule='constant')
@@ -298,7 +285,7 @@ def test_checkpoints_never_hold_weights_after_a_non_finite_loss(pair, tmp_path):
     from dada_fastai.checkpoint import Checkpointer
     dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
     learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='fp32',
-                         cbs=[_Poison.make(at=0), Checkpointer(tmp_path, every=1)])
+                         cbs=[Poison(at=0), Checkpointer(tmp_path, every=1)])
     with pytest.raises(NonFiniteLoss, match='iteration 1'):
         learn.fit_iters(4, schedule='constant')
     assert not (tmp_path / 'last.pth').exists()
@@ -306,7 +293,7 @@ def test_checkpoints_never_hold_weights_after_a_non_finite_loss(pair, tmp_path):
 
 def test_lr_find_explores_divergence_without_the_non_finite_check(pair):
     dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
-    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, cbs=[_Poison.make(at=3)])
+    learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, cbs=[Poison(at=3)])
     from dada_fastai.callbacks import NonFiniteLoss
     learn.lr_find(num_it=6, show_plot=False)  # a NaN during the sweep is no error: the sweep looks for it
     with pytest.raises(NonFiniteLoss, match='iteration 4'):  # training checks again
@@ -364,6 +351,6 @@ def test_bf16_non_finite_loss_stops_the_run(pair):
     from dada_fastai.callbacks import NonFiniteLoss
     dls = dada_dataloaders(*pair, n_classes=7, source_size=(32, 48), target_size=(32, 64), bs=2, seed=0)
     learn = dada_learner(dls, 'dada', arch='test_resnet', ndf=8, mode='fast', precision='bf16',
-                         cbs=[_Poison.make(at=1)])
+                         cbs=[Poison(at=1)])
     with pytest.raises(NonFiniteLoss, match='iterations 1-2'):
         learn.fit_iters(3, schedule='constant')

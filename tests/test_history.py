@@ -200,7 +200,7 @@ def test_missing_tensorboard_is_a_one_line_error(pair, tmp_path, monkeypatch, ca
     assert not (tmp_path / 'run').exists()
     with pytest.raises(SystemExit):
         main(['train', '--log', 'mlflow'])
-    assert 'valid: tensorboard, wandb' in capsys.readouterr().err
+    assert "--log must be tensorboard, wandb, or both (tensorboard,wandb), not 'mlflow'" in capsys.readouterr().err
 
 
 def test_wandb_offline(pair, tmp_path, monkeypatch):

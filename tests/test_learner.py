@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.schedule import combined_cos
 
 from dada_fastai.data import dada_dataloaders
 from dada_fastai.learner import METHODS, confusion_matrix, dada_learner, iou_from_confusion, method_config
-from e2e import tiny_pair
+from e2e import Poison, tiny_pair
 
 
 @pytest.fixture(scope='module')
@@ -96,19 +97,44 @@ def test_source_only_ignores_the_target(dls):
         assert torch.equal(a, b), n
 
 
-def test_discriminator_learning_rate_follows_the_schedule(dls):
-    for schedule in ('poly', 'one_cycle', 'flat_cos'):
-        rec = _Hypers()
-        learn = _learner(dls, 'dada', lr=1e-3, d_lr=1e-4, cbs=[rec])
-        learn.fit_iters(5, schedule=schedule)
-        rows = np.array(rec.rows, dtype=float)
-        assert len(rows) == 5
-        np.testing.assert_allclose(rows[:, 1], 10 * rows[:, 0])  # the head at 10x
-        np.testing.assert_allclose(rows[:, 2] / rows[:, 0], 1e-4 / 1e-3, rtol=1e-6)  # same shape for D
-        if schedule == 'poly':  # the reference: lr (1 - i / N) ** 0.9
-            np.testing.assert_allclose(rows[:, 0], [1e-3 * (1 - i / 5) ** 0.9 for i in range(5)], rtol=1e-6)
-        else:
-            assert rows[:, 0].max() > rows[-1, 0]
+def _factor(schedule: str, pct: np.ndarray) -> np.ndarray:
+    """What each schedule multiplies its peak rate by at `pct` of training."""
+    if schedule == 'poly':  # the reference: (1 - i / N) ** 0.9
+        return (1 - pct) ** 0.9
+    if schedule == 'one_cycle':  # fastai's defaults: from peak / 25 up to the peak at 25%, then down to peak / 1e5
+        return np.array([combined_cos(0.25, 1 / 25, 1., 1e-5)(p) for p in pct])
+    if schedule == 'flat_cos':  # flat at the peak for 75%, then a cosine down to peak / 1e5
+        return np.array([combined_cos(0.75, 1., 1., 1e-5)(p) for p in pct])
+    return np.ones_like(pct)
+
+
+@pytest.mark.parametrize('schedule', ['poly', 'one_cycle', 'flat_cos', 'constant'])
+def test_discriminator_learning_rate_is_d_lr_times_the_schedule_factor(dls, schedule):
+    """D's rate = d_lr x the segmenter's schedule factor (its rate over the schedule's peak), also when the fit's
+    rate is not the one the learner was built with."""
+    rec = _Hypers()
+    learn = _learner(dls, 'dada', lr=1e-3, d_lr=1e-4, cbs=[rec])
+    learn.fit_iters(5, schedule=schedule, lr=4e-3)
+    rows = np.array(rec.rows, dtype=float)
+    assert len(rows) == 5
+    factor = _factor(schedule, np.arange(5) / 5)
+    np.testing.assert_allclose(rows[:, 0], 4e-3 * factor, rtol=1e-6)  # the segmenter follows its schedule
+    np.testing.assert_allclose(rows[:, 1], 10 * rows[:, 0])  # the head at 10x
+    np.testing.assert_allclose(rows[:, 2], 1e-4 * factor, rtol=1e-6)  # the discriminators at d_lr x the factor
+
+
+@pytest.mark.parametrize('fit', ['fit_one_cycle', 'fit_flat_cos', 'fit'])
+def test_discriminator_learning_rate_in_fastais_fit_methods(dls, fit):
+    rec = _Hypers()
+    learn = _learner(dls, 'dada', lr=1e-3, d_lr=1e-4, cbs=[rec])
+    getattr(learn, fit)(2, 4e-3)
+    rows = np.array(rec.rows, dtype=float)
+    n = 2 * len(dls.train)
+    assert len(rows) == n
+    factor = _factor({'fit_one_cycle': 'one_cycle', 'fit_flat_cos': 'flat_cos', 'fit': 'constant'}[fit],
+                     np.arange(n) / n)
+    np.testing.assert_allclose(rows[:, 0], 4e-3 * factor, rtol=1e-6)
+    np.testing.assert_allclose(rows[:, 2], 1e-4 * factor, rtol=1e-6)
 
 
 def test_plain_fit_and_fit_one_cycle_run_epochs(dls):
@@ -118,6 +144,42 @@ def test_plain_fit_and_fit_one_cycle_run_epochs(dls):
     learn.fit_one_cycle(1, 1e-3)
     assert learn.recorder.metric_names[1:4] == ['train_loss', 'valid_loss', 'miou']
     assert {'seg', 'depth', 'adv', 'd_src', 'd_trg'} <= set(learn.recorder.metric_names)
+
+
+def test_validate_does_not_report_the_training_loss_terms(dls):
+    """The loss-term columns are training means shown with the epoch's validation; `validate()` on its own has
+    no training epoch, so they are None there, not the last epoch's values."""
+    learn = _learner(dls, 'dada')
+    learn.fit_iters(len(dls.train), schedule='constant')  # one whole epoch: it validates
+    names = [m.name for m in learn.metrics]
+    logged = dict(zip(names, learn.recorder.values[-1][2:]))  # after train_loss and valid_loss
+    assert all(logged[k] is not None for k in learn.dada.terms), logged
+    validated = dict(zip(names, learn.validate()[1:]))  # after valid_loss
+    assert validated['miou'] is not None
+    assert all(validated[k] is None for k in learn.dada.terms), validated
+
+
+@pytest.mark.parametrize('mode', ['faithful', 'fast'])
+def test_progress_table_values_stay_in_their_columns(dls, mode, capsys):
+    """In a terminal the epoch table's columns are as wide as their names: a depth loss of 109.5237... once ran
+    into the next column."""
+    from fastprogress.fastprogress import ConsoleMasterBar
+    learn = _learner(dls, 'dada', mode=mode)
+    progress = learn.progress
+    progress.mbar = ConsoleMasterBar(range(1))
+    names = ['epoch', 'train_loss', 'valid_loss', 'miou', 'seg', 'depth', 'adv', 'time']
+    values = [0, 1.234567, 2.5, 12.345678, 0.691822, 109.52377, 123456789.5, '00:01']
+    capsys.readouterr()
+    progress._write_stats(names)
+    progress._write_stats(values)
+    header, row = capsys.readouterr().out.splitlines()[-2:]
+    cells = row.split()
+    assert len(cells) == len(names), row
+    for name, cell, value in zip(names, cells, values):
+        start = header.index(name)
+        assert row[start:start + len(cell)] == cell, f'{name}: {row!r} under {header!r}'  # starts under its name
+        if isinstance(value, float):
+            assert float(cell) == pytest.approx(value, rel=1e-4)
 
 
 def test_fit_iters_counts_exactly(dls):
@@ -177,14 +239,6 @@ def test_show_results_draws_four_columns(dls):
 
 def test_non_finite_loss_stops_or_skips(dls):
     from dada_fastai.callbacks import NonFiniteLoss
-
-    class Poison(Callback):
-        order = 6  # after DADATrainer
-
-        def after_loss(self):
-            if self.training and self.train_iter == 1:
-                self.learn.loss_grad = self.loss_grad * float('nan')
-                self.learn.loss = self.loss * float('nan')
     learn = _learner(dls, 'dada', cbs=[Poison()])
     with pytest.raises(NonFiniteLoss, match='iteration 2'):
         learn.fit_iters(3, schedule='constant')

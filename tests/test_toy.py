@@ -72,10 +72,14 @@ def test_depth_is_exact(domain):
 
 
 def test_domains_differ():
-    road = {d: np.concatenate([rgb[labels == 0] for rgb, labels, _ in scenes(d)]).mean(0) for d in DOMAINS}
-    assert np.abs(road['source'] - road['target']).max() > 25
-    sky = {d: np.concatenate([rgb[labels == 4] for rgb, labels, _ in scenes(d)]).mean(0) for d in DOMAINS}
-    assert np.abs(sky['source'] - sky['target']).max() > 25
+    # the source paints every image its own road and sky (SYNTHIA's randomised renders), saturated; the target
+    # photographs one grey road and a pale sky in varying light
+    for cls in (0, 4):
+        spread = {d: np.std([rgb[labels == cls].mean(0) for rgb, labels, _ in scenes(d) if (labels == cls).any()],
+                            0).max() for d in DOMAINS}
+        assert spread['source'] > 1.5 * spread['target'], (cls, spread)
+    chroma = {d: np.mean([np.ptp(rgb.astype(float), -1).mean() for rgb, _, _ in scenes(d)]) for d in DOMAINS}
+    assert chroma['source'] > 1.5 * chroma['target']
     assert SMALL.camera('source') != SMALL.camera('target')
 
 
