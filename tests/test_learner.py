@@ -195,15 +195,6 @@ def test_lr_find_works(dls):
     assert res.valley > 0
 
 
-def test_confusion_and_iou():
-    label = torch.tensor([[0, 0, 1, 1, 255]])
-    pred = torch.tensor([[0, 1, 1, 1, 0]])
-    cm = confusion_matrix(pred, label, 3)
-    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
-    iou = iou_from_confusion(cm)
-    assert iou[0] == pytest.approx(50.) and iou[1] == pytest.approx(200 / 3) and np.isnan(iou[2])
-
-
 def test_evaluate_matches_a_direct_computation(dls):
     learn = _learner(dls, 'dada')
     res = learn.evaluate()
