@@ -400,8 +400,11 @@ def normalization(kind: str = 'imagenet', arch: str | None = None) -> list:
 # ---------------------------------------------------------------------------------------------------------
 # Pairing source and target
 # ---------------------------------------------------------------------------------------------------------
-def _epoch_rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, stream])
+def _epoch_permutations(seed: int, epoch: int, stream: int, n: int, length: int) -> np.ndarray:
+    """The first `length` values of seeded random permutations of range(`n`), one after the other: stream 0
+    orders the sources of `epoch`, stream 1 draws their targets."""
+    rng = np.random.default_rng([seed, epoch, stream])
+    return np.concatenate([rng.permutation(n) for _ in range(max(-(-length // n), 1))])[:length]
 
 
 def target_order(seed: int, epoch: int, n_targets: int, length: int) -> np.ndarray:
@@ -409,9 +412,7 @@ def target_order(seed: int, epoch: int, n_targets: int, length: int) -> np.ndarr
     `n_targets` targets, one after the other, independent of the source shuffle. A function of its arguments alone
     (a longer draw starts with the shorter one), so the pairing is the same across processes, workers and resumes,
     and a source repeated in a long epoch gets fresh targets."""
-    rng = _epoch_rng(seed, epoch, 1)
-    draws = [rng.permutation(n_targets) for _ in range(max(-(-length // n_targets), 1))]
-    return np.concatenate(draws)[:length]
+    return _epoch_permutations(seed, epoch, 1, n_targets, length)
 
 
 def target_index(seed: int, epoch: int, pos: int, n_targets: int) -> int:
@@ -478,9 +479,7 @@ class PairedDL(TfmdDL):
         n_items = len(self.dataset)
         if not self.shuffle:
             return [i % n_items for i in range(self.n)]
-        rng = _epoch_rng(self.seed, self.epoch, 0)
-        reps = -(-self.n // n_items)
-        return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:self.n].tolist()
+        return _epoch_permutations(self.seed, self.epoch, 0, n_items, self.n).tolist()
 
     def get_idxs(self) -> list[tuple[int, int, int]]:
         """(position in the epoch, source index, target index) of the samples left after `skip`, a function of
