@@ -178,16 +178,18 @@ class TrainConfig:
     schedule: Literal['poly', 'one_cycle', 'flat_cos', 'constant'] = option('poly', 'learning-rate schedule '
                                                                             '(paper: poly)')
     lambda_seg: float = option(1., 'weight of the segmentation loss (paper: 1)', low=0)
-    lambda_depth: float = option(1e-3, 'weight of the depth loss (paper: 1e-3; toy pair: 1)', low=0)
+    lambda_depth: float = option(1e-3, 'weight of the depth loss (paper: 1e-3; toy pair: 0.3)', low=0)
     lambda_adv: float = option(1e-3, 'weight of the adversarial loss (paper: 1e-3)', low=0)
     depth_scale: float = option(1., 'multiplies the inverse-depth targets (paper: 1, i.e. 65536 / (cm + 1); '
-                                'toy pair: 0.01)', above=0)
+                                'toy pair: 0.1)', above=0)
+    fusion_bias: float | None = option(None, "initial bias of the depth block's fusion decoder, so that the fusion "
+                                       "gate starts near it (default: PyTorch's, as the reference; toy pair: 1)")
     ndf: int = option(64, 'discriminator width (paper: 64)', low=1, high=4096)
     norm: Literal['auto', 'reference', 'timm', 'imagenet', 'none'] = option('auto', "input normalisation (auto: "
                                                                             "the backbone's)")
     augment: bool = option(False, 'random flips, scales and crops (off in the paper)')
     warm_start: int = option(0, 'iterations of a cached source-only stage of the run\'s network that every seed and '
-                             'method starts from (0: none; toy pair: 400)', low=0, high=10 ** 9)
+                             'method starts from (0: none; toy pair: 700)', low=0, high=10 ** 9)
     seed: int = option(1234, 'random seed (paper: 1234)', low=0, high=2 ** 32 - 1)
     checkpoint_every: int = option(2000, 'iterations between checkpoints (0: only at the end)', low=0,
                                    on_resume=True)
@@ -412,4 +414,4 @@ def _toy_defaults() -> dict:
     return dict(classes=7, arch='resnet10t', pretrained=False, iters=300, source_size='96x192',
                 target_size='96x192', bs=4, lr=2e-3, d_lr=1e-4, schedule='one_cycle', checkpoint_every=0,
                 eval_every=None, lambda_adv=1e-3, norm='imagenet', ndf=32, mode='fast', depth_scale=0.1,
-                lambda_depth=1., warm_start=400)
+                lambda_depth=0.3, fusion_bias=1., warm_start=700)

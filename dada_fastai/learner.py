@@ -497,7 +497,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  ndf: int = 64, head_lr_mult: float = 10., opt_func=None, cbs=None, model: DADA | None = None,
                  backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', mode: str = 'faithful',
                  precision: str | None = None, compile: bool | dict = False, bn: str = 'batch',
-                 depth_scale: float = 1., config: dict | None = None, **kwargs) -> DADALearner:
+                 depth_scale: float = 1., fusion_bias: float | None = None, config: dict | None = None,
+                 **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
@@ -517,6 +518,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     as loaded. It departs from the reference, and lets fast mode run source and target in one forward
     when both come at the same size.
 
+    `fusion_bias`: initial bias of the depth block's fusion decoder (None: PyTorch's default, as the reference).
+
     `config`: the run's configuration (`TrainConfig.to_dict()`), kept in `learn.meta` and written into checkpoints."""
     cfg = method_config(method)
     proto = getattr(dls, 'protocol', None) or get_protocol(n_classes or 16)
@@ -524,7 +527,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     lambdas = lambdas or Lambdas()
     if model is None:
         model = DADA(n_classes, arch=arch, pretrained=pretrained, weights=weights, depth_block=cfg.depth_block,
-                     feature_fusion=cfg.feature_fusion, **(backbone_kwargs or {}))
+                     feature_fusion=cfg.feature_fusion, fusion_bias=fusion_bias, **(backbone_kwargs or {}))
     if mode not in ('faithful', 'fast'):
         raise ValueError(f"unknown mode {mode!r}; valid: faithful, fast")
     fast = mode == 'fast'

@@ -160,7 +160,8 @@ def _normal_init(module: nn.Module, std: float = 0.01) -> nn.Module:
 class DepthBlock(nn.Module):
     """DADA's depth block: three encoder convs, channel-mean inverse depth, and a decoder for feature fusion."""
 
-    def __init__(self, in_ch: int = 2048, mid_ch: int | None = None, depth_ch: int | None = None):
+    def __init__(self, in_ch: int = 2048, mid_ch: int | None = None, depth_ch: int | None = None,
+                 fusion_bias: float | None = None):
         super().__init__()
         mid_ch = mid_ch or max(in_ch // 4, 16)  # 512 on the reference's 2048 channels
         depth_ch = depth_ch or max(in_ch // 16, 8)  # 128 on the reference's 2048 channels
@@ -169,6 +170,8 @@ class DepthBlock(nn.Module):
         self.enc3 = nn.Conv2d(mid_ch, depth_ch, 1)  # reference: enc4_3
         self.dec = nn.Conv2d(depth_ch, in_ch, 1)  # reference: dec4
         _normal_init(self)
+        if fusion_bias is not None:  # the fusion gate relu(dec(.)) then starts near this value, not near 0
+            nn.init.constant_(self.dec.bias, fusion_bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(inverse depth (B,1,h,w), decoded features for fusion (B,in_ch,h,w))."""
@@ -197,11 +200,12 @@ class DeepLabV2Classifier(nn.Module):
 class DADA(nn.Module):
     """DADA segmenter: `seg, depth = model(x)` at feature resolution; depth is inverse depth (None without
     the depth block). `depth_block=False` is plain DeepLab-v2 (AdvEnt, source-only); `feature_fusion=False`
-    keeps the depth block but leaves the segmentation features untouched."""
+    keeps the depth block but leaves the segmentation features untouched. `fusion_bias` initialises the bias of
+    the fusion decoder (None: PyTorch's default, as the reference)."""
 
     def __init__(self, n_classes: int, arch: str = 'resnet101', pretrained: bool = False,
                  depth_block: bool = True, feature_fusion: bool = True, weights: str | Path | None = None,
-                 freeze_bn: bool = True, **backbone_kwargs):
+                 freeze_bn: bool = True, fusion_bias: float | None = None, **backbone_kwargs):
         super().__init__()
         if feature_fusion and not depth_block:
             feature_fusion = False  # fusion needs the depth block: plain DeepLab-v2
@@ -209,7 +213,7 @@ class DADA(nn.Module):
         self.backbone = create_backbone(arch, pretrained=pretrained, weights=weights, **backbone_kwargs)
         info = self.backbone.feature_info
         self.feat_ch, self.reduction = info.channels()[-1], info.reduction()[-1]
-        self.depth = DepthBlock(self.feat_ch) if depth_block else None
+        self.depth = DepthBlock(self.feat_ch, fusion_bias=fusion_bias) if depth_block else None
         self.feature_fusion = feature_fusion
         self.classifier = DeepLabV2Classifier(self.feat_ch, n_classes)
         if freeze_bn:

@@ -130,7 +130,7 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
                          lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
                          precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
-                         depth_scale=cfg.depth_scale, config=cfg.to_dict())
+                         depth_scale=cfg.depth_scale, fusion_bias=cfg.fusion_bias, config=cfg.to_dict())
     from .history import add_run_logging
     add_run_logging(learn, cfg, run_dir)  # history.csv, curves.png, --log loggers; plain progress lines in files
     return learn
@@ -230,13 +230,13 @@ def warm_start_key(cfg: TrainConfig) -> dict:
     method with the same network share it)."""
     from .learner import method_config
     keep = ('source', 'classes', 'arch', 'layers', 'pretrained', 'weights', 'source_size', 'target_size', 'bs',
-            'lr', 'wd', 'schedule', 'lambda_seg', 'lambda_depth', 'depth_scale', 'norm', 'augment', 'mode',
-            'precision', 'bn', 'toy', 'warm_start')
+            'lr', 'wd', 'schedule', 'lambda_seg', 'lambda_depth', 'depth_scale', 'fusion_bias', 'norm', 'augment',
+            'mode', 'precision', 'bn', 'toy', 'warm_start')
     key = {k: getattr(cfg, k) for k in keep}
     m = method_config(cfg.method)
     key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
     if not m.depth_block:  # a network without the depth block learns nothing from depth
-        del key['lambda_depth'], key['depth_scale']
+        del key['lambda_depth'], key['depth_scale'], key['fusion_bias']
     if cfg.source is None:  # the toy pair's folder name hashes all its settings
         from .toy import ToyConfig, config_key
         key['source'] = 'toy:' + config_key(ToyConfig(**(cfg.toy or {})))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
+from skimage.color import hsv2rgb, rgb2hsv
 from skimage.draw import ellipse, polygon
 from skimage.filters import gaussian
 from skimage.transform import resize
@@ -54,17 +55,21 @@ def _palette(colours: dict[str, tuple[int, int, int]]) -> np.ndarray:
     return np.array([colours[name] for name in MATERIALS], np.float32) / 255
 
 
-# Source: saturated flat colours of a game engine; target: muted, photographic colours
-SOURCE_PALETTE = _palette({
-    'sky': (110, 185, 255), 'road': (72, 62, 112), 'lane': (245, 245, 245), 'sidewalk': (190, 135, 180),
-    'building': (190, 120, 80), 'pole': (130, 130, 150), 'sign': (240, 210, 20), 'light': (30, 30, 30),
-    'foliage': (30, 190, 50), 'trunk': (120, 70, 30), 'skin': (250, 200, 160), 'clothes': (220, 30, 30),
-    'trousers': (40, 40, 160), 'car': (30, 70, 230), 'glass': (120, 200, 230), 'tyre': (15, 15, 15)})
+def _rendered(palette: np.ndarray, saturation: float, value: float) -> np.ndarray:
+    """`palette` with the same hues, its saturation and brightness multiplied (clipped to [0, 1])."""
+    hsv = rgb2hsv(palette[None])[0]
+    hsv[:, 1:] = np.clip(hsv[:, 1:] * (saturation, value), 0, 1)
+    return hsv2rgb(hsv[None])[0].astype(np.float32)
+
+
+# Target: muted, photographic colours; source: the same hues as a game engine renders them, saturated and brighter
+# (SYNTHIA's roads are grey and its trees green, as Cityscapes'; what differs is the rendering)
 TARGET_PALETTE = _palette({
     'sky': (175, 190, 205), 'road': (92, 90, 88), 'lane': (205, 200, 185), 'sidewalk': (178, 170, 158),
     'building': (150, 140, 128), 'pole': (85, 90, 88), 'sign': (45, 85, 160), 'light': (45, 45, 40),
     'foliage': (75, 100, 45), 'trunk': (70, 58, 45), 'skin': (195, 155, 125), 'clothes': (80, 78, 85),
     'trousers': (55, 55, 65), 'car': (120, 120, 125), 'glass': (45, 50, 58), 'tyre': (28, 28, 28)})
+SOURCE_PALETTE = _rendered(TARGET_PALETTE, saturation=1.8, value=1.15)
 # Target per-object colour spread (log scale), fine grain and blotches per material
 _VARIETY, _FINE, _COARSE = (np.array([d.get(name, 0.0) for name in MATERIALS], np.float32) for d in (
     {'building': 0.2, 'clothes': 0.6, 'trousers': 0.4, 'car': 0.7, 'foliage': 0.15, 'sign': 0.3, 'pole': 0.1},
@@ -128,7 +133,7 @@ class ToyConfig:
     texture: float = 1.0  # strength of the target textures
     noise: float = 0.025  # target grain, standard deviation in [0, 1] intensity
     blur: float = 0.7  # target Gaussian blur, sigma in pixels
-    source_variety: float = 1.0  # source colour and texture randomisation per object and image (0: flat colours)
+    source_variety: float = 0.3  # source colour and texture randomisation per object and image (0: flat colours)
     source_camera_spread: float = 1.0  # source viewpoints drawn per image around the source camera (0: fixed)
 
     def camera(self, domain: str, rng: np.random.Generator | None = None) -> Camera:
@@ -467,7 +472,7 @@ def config_key(cfg: ToyConfig) -> str:
     return f'{cfg.size[0]}x{cfg.size[1]}_seed{cfg.seed}_{digest}'
 
 
-TOY_VERSION = 5  # bumped whenever the rendering changes, so that caches of older renders are not reused
+TOY_VERSION = 6  # bumped whenever the rendering changes, so that caches of older renders are not reused
 
 
 def _config_json(cfg: ToyConfig) -> str:

@@ -219,6 +219,20 @@ def test_fused_features_are_the_product_with_the_decoder():
     assert_close(depth_out, depth)
 
 
+def test_fusion_bias_starts_the_gate_near_it_and_the_default_is_pytorchs():
+    torch.manual_seed(0)
+    default = DADA(3, arch='test_resnet')
+    fan_in = default.depth.dec.in_channels
+    assert default.depth.dec.bias.abs().max() <= fan_in ** -0.5  # PyTorch's uniform bias, as the reference
+    torch.manual_seed(0)
+    model = DADA(3, arch='test_resnet', fusion_bias=1.).eval()
+    assert torch.equal(model.depth.dec.bias, torch.ones_like(model.depth.dec.bias))
+    assert torch.equal(model.depth.dec.weight, default.depth.dec.weight)  # only the bias differs
+    with torch.no_grad():
+        _, gate = model.depth(model.backbone(torch.randn(2, 3, 64, 96))[-1])
+    assert (gate - 1).abs().max() < 0.1  # the fused features start as the backbone's own
+
+
 def test_depth_block_is_inverse_depth_by_channel_mean():
     block = DepthBlock(2048)
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in (block.enc1, block.enc2, block.enc3, block.dec)] \

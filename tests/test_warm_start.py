@@ -25,12 +25,15 @@ def test_warm_start_is_trained_once_and_shared(pair, tmp_path, monkeypatch):
     assert path.is_file() and path.parent == tmp_path / 'cache' / 'warm_start'
     stamp = path.stat().st_mtime_ns
     assert warm_start_weights(b) == path and path.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert warm_start_key(resolve_config(None, **tiny_options(*pair, warm_start=2, fusion_bias=1.))) != warm_start_key(a)
     c = resolve_config(None, **tiny_options(*pair, warm_start=3))
     assert warm_start_weights(c) != path  # another recipe, another warm start
     d = resolve_config(None, **tiny_options(*pair, warm_start=2, method='advent'))
     plain = warm_start_weights(d)  # a network without the depth block has a warm start of its own
     assert plain != path and not any(k.startswith('depth') for k in torch.load(plain, weights_only=True))
     assert warm_start_weights(resolve_config(None, **tiny_options(*pair, warm_start=2, method='source_only'))) == plain
+    assert warm_start_key(resolve_config(None, **tiny_options(*pair, warm_start=2, method='advent', fusion_bias=1.))) \
+        == warm_start_key(d)  # a network without the depth block has no fusion gate
 
 
 def test_every_method_starts_from_the_warm_start(pair, tmp_path, monkeypatch):
@@ -73,3 +76,12 @@ def test_depth_scale_scales_the_targets():
     # an error of 0.05 everywhere: c = 0.2 x 0.05, past c berHu is (e^2 + c^2) / 2c = 0.13
     assert scaled.parts['depth'].item() == pytest.approx(0.13, rel=1e-4)
     assert plain.parts['depth'].item() > 100
+
+
+def test_fusion_bias_reaches_the_network(pair):
+    from dada_fastai.runs import build_run_learner
+    learn = build_run_learner(resolve_config(None, **tiny_options(*pair, method='dada', fusion_bias=1.)))
+    bias = learn.model.depth.dec.bias
+    assert torch.equal(bias, torch.ones_like(bias))
+    plain = build_run_learner(resolve_config(None, **tiny_options(*pair, method='dada')))
+    assert not torch.equal(plain.model.depth.dec.bias, torch.ones_like(bias))  # PyTorch's default otherwise
