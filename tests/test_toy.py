@@ -77,6 +77,11 @@ def test_domains_differ():
     spread = {d: np.std([rgb[labels == 0].mean(0) for rgb, labels, _ in scenes(d) if (labels == 0).any()], 0).max()
               for d in DOMAINS}
     assert spread['source'] > 1.5 * spread['target'], spread
+    # fully randomised (source_variety 1), every image has its own sky as well
+    varied = ToyConfig(size=(48, 96), source_variety=1.)
+    sky = {d: np.std([rgb[labels == 4].mean(0) for rgb, labels, _ in scenes(d, varied) if (labels == 4).any()], 0).max()
+           for d in DOMAINS}
+    assert sky['source'] > 1.5 * sky['target'], sky
     chroma = {d: np.mean([np.ptp(rgb.astype(float), -1).mean() for rgb, _, _ in scenes(d)]) for d in DOMAINS}
     assert chroma['source'] > 1.5 * chroma['target']
     assert SMALL.camera('source') != SMALL.camera('target')
@@ -188,6 +193,7 @@ def test_source_colours_vary_per_object_and_image_as_synthia_rand():
     assert varied.std(0).max() > 3 * flat.std(0).max() + 10  # a car's colour says little about its class
     roads = _colours_of('road', SMALL)
     assert roads.std(0).max() > 10
+    assert _colours_of('road', ToyConfig(size=(48, 96), source_variety=1.)).std(0).max() > 20  # fully randomised
 
 
 def test_source_palette_has_the_targets_hues_rendered_brighter_and_more_saturated():
