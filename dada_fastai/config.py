@@ -178,7 +178,7 @@ class TrainConfig:
     schedule: Literal['poly', 'one_cycle', 'flat_cos', 'constant'] = option('poly', 'learning-rate schedule '
                                                                             '(paper: poly)')
     lambda_seg: float = option(1., 'weight of the segmentation loss (paper: 1)', low=0)
-    lambda_depth: float = option(1e-3, 'weight of the depth loss (paper: 1e-3; toy pair: 0.3)', low=0)
+    lambda_depth: float = option(1e-3, 'weight of the depth loss (paper: 1e-3; toy pair: 1)', low=0)
     lambda_adv: float = option(1e-3, 'weight of the adversarial loss (paper: 1e-3)', low=0)
     depth_scale: float = option(1., 'multiplies the inverse-depth targets (paper: 1, i.e. 65536 / (cm + 1); '
                                 'toy pair: 0.1)', above=0)
@@ -414,4 +414,4 @@ def _toy_defaults() -> dict:
     return dict(classes=7, arch='resnet10t', pretrained=False, iters=300, source_size='96x192',
                 target_size='96x192', bs=4, lr=2e-3, d_lr=1e-4, schedule='one_cycle', checkpoint_every=0,
                 eval_every=None, lambda_adv=1e-3, norm='imagenet', ndf=32, mode='fast', depth_scale=0.1,
-                lambda_depth=0.3, fusion_bias=1., warm_start=700)
+                lambda_depth=1., fusion_bias=1., warm_start=700)

@@ -123,8 +123,8 @@ class ToyConfig:
     n_target_train: int = 200
     n_target_val: int = 50
     seed: int = 0
-    source_height: float = 2.2  # camera height, metres
-    source_fov: float = 100.0  # horizontal field of view, degrees
+    source_height: float = 1.8  # camera height, metres (drawn per image around it: 1.1 to 3 m)
+    source_fov: float = 90.0  # horizontal field of view, degrees (drawn per image: 60 to 100)
     source_horizon: float = 0.5  # horizon row / image height
     target_height: float = 1.3
     target_fov: float = 70.0
@@ -281,12 +281,15 @@ def _pole(i: int, x: float, z: float, rng: np.random.Generator) -> list:
 
 
 def _person(i: int, x: float, z: float, rng: np.random.Generator) -> list:
-    """Two legs, a torso and a head, facing the camera."""
+    """Two legs, a torso with its arms and a head, facing the camera."""
     h, stride = rng.uniform(1.6, 2.0), rng.uniform(0, 0.15)
     r, hip = 0.065 * h, 0.5 * h
-    return [_Polygon('trousers', i, z, (x - 0.17, x - 0.02, x - 0.05 + stride, x - 0.17 - stride), (hip, hip, 0, 0)),
-            _Polygon('trousers', i, z, (x + 0.02, x + 0.17, x + 0.17 + stride, x + 0.05 - stride), (hip, hip, 0, 0)),
-            _Polygon('clothes', i, z, (x - 0.17, x + 0.17, x + 0.22, x - 0.22), (hip, hip, h - 2 * r, h - 2 * r)),
+    shoulder = h - 2 * r
+    return [_Polygon('trousers', i, z, (x - 0.19, x - 0.02, x - 0.05 + stride, x - 0.19 - stride), (hip, hip, 0, 0)),
+            _Polygon('trousers', i, z, (x + 0.02, x + 0.19, x + 0.19 + stride, x + 0.05 - stride), (hip, hip, 0, 0)),
+            _Polygon('clothes', i, z, (x - 0.2, x + 0.2, x + 0.25, x - 0.25), (hip, hip, shoulder, shoulder)),
+            _Polygon('clothes', i, z, (x - 0.25, x - 0.36, x - 0.4, x - 0.29), (shoulder, shoulder, hip, hip)),
+            _Polygon('clothes', i, z, (x + 0.25, x + 0.36, x + 0.4, x + 0.29), (shoulder, shoulder, hip, hip)),
             _Ellipse('skin', i, z, x, h - r, 0.8 * r, r)]
 
 
@@ -330,10 +333,12 @@ def _sample_world(rng: np.random.Generator) -> _World:
         for _ in range(1 + rng.poisson(1.5)):
             add(_pole(next(ids), side * (w.road + rng.uniform(0.3, 0.8)), rng.uniform(3, 30), rng))
     # people and vehicles crowd the near street, as in SYNTHIA-RAND's random views
-    for _ in range(rng.poisson(5)):  # people, mostly on the sidewalks
+    for _ in range(1 + rng.poisson(4)):  # people, alone or in small groups, mostly on the sidewalks
         side = rng.choice((-1, 1))
         x = side * (w.road + w.walk * rng.uniform(0.1, 0.9)) if rng.random() < 0.8 else rng.uniform(-w.road, w.road)
-        add(_person(next(ids), x, rng.uniform(2.5, 18), rng))
+        z = rng.uniform(2.5, 14)
+        for k in range(rng.integers(1, 4)):
+            add(_person(next(ids), x + k * rng.uniform(0.6, 1.0) * side, z + rng.uniform(-0.5, 1.5) * k, rng))
     for _ in range(rng.poisson(4)):  # vehicles, parked or driving
         side = rng.choice((-1, 1))
         x = side * (w.road - 1.2) if rng.random() < 0.4 else side * w.road * rng.uniform(0.25, 0.6)
@@ -472,7 +477,7 @@ def config_key(cfg: ToyConfig) -> str:
     return f'{cfg.size[0]}x{cfg.size[1]}_seed{cfg.seed}_{digest}'
 
 
-TOY_VERSION = 6  # bumped whenever the rendering changes, so that caches of older renders are not reused
+TOY_VERSION = 7  # bumped whenever the rendering changes, so that caches of older renders are not reused
 
 
 def _config_json(cfg: ToyConfig) -> str:

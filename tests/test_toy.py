@@ -55,6 +55,15 @@ def test_outputs_and_all_seven_classes(domain):
 
 
 @pytest.mark.parametrize('domain', DOMAINS)
+def test_every_class_covers_enough_pixels_to_be_learned(domain):
+    # at the toy's size, the small classes (objects, people, vehicles) must not be a rounding error: people stand
+    # near the camera, alone or in groups, and each class covers at least 2% of the pixels in both domains
+    labels = np.stack([labels for _, labels, _ in scenes(domain, ToyConfig(), n=16)])
+    share = np.bincount(labels.ravel(), minlength=7) / labels.size
+    assert (share > 0.02).all(), share.round(3)
+
+
+@pytest.mark.parametrize('domain', DOMAINS)
 def test_depth_is_exact(domain):
     for i, (_, labels, depth) in enumerate(scenes(domain)):
         cam = SMALL.camera(domain, scene_rng(SMALL.seed, domain, i))  # the camera is drawn first
@@ -210,5 +219,17 @@ def test_source_viewpoints_are_random_and_the_target_camera_fixed():
     source = {SMALL.camera('source', rng(i, 'source')) for i in range(6)}
     target = {SMALL.camera('target', rng(i, 'target')) for i in range(6)}
     assert len(source) == 6 and len(target) == 1
-    assert min(c.height for c in source) < 2.2 < max(c.height for c in source)
+    assert min(c.height for c in source) < SMALL.source_height < max(c.height for c in source)
     assert ToyConfig(source_camera_spread=0).camera('source', rng(0, 'source')) == ToyConfig().camera('source')
+
+
+def test_the_target_camera_is_among_the_source_viewpoints():
+    # SYNTHIA-RAND's random viewpoints include street-level ones: the target's fixed camera lies inside the range of
+    # the source's random heights, fields of view and horizons (what differs is the distribution, not its support)
+    cfg = ToyConfig()
+    source = [cfg.camera('source', scene_rng(cfg.seed, 'source', i)) for i in range(400)]
+    target = cfg.camera('target')
+    for attr in ('height', 'fov', 'horizon'):
+        values = [getattr(c, attr) for c in source]
+        assert min(values) < getattr(target, attr) < max(values), attr
+    assert abs(np.median([c.height for c in source]) - target.height) > 0.3  # the camera gap stays
