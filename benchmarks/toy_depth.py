@@ -5,8 +5,8 @@ domain gap (the target rendered from the source's camera, or without its blur, g
     dada-fastai train                                  # writes a run folder under runs/
     PYTHONPATH=. python benchmarks/toy_depth.py runs/<run folder>
 
-Depth is recovered as `evaluate` does (1 / predicted inverse depth, median-scaled per image to the ground truth,
-the sky left out); δ<1.25 is the fraction of pixels within 25% of the true depth.
+Depth is recovered as `evaluate` does (`metrics.median_scaled_depth`: 1 / predicted inverse depth, median-scaled
+per image to the ground truth, the sky left out); δ<1.25 is the fraction of pixels within 25% of the true depth.
 """
 from __future__ import annotations
 
@@ -20,19 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dada_fastai.inference import load_model
-from dada_fastai.metrics import image_depth_errors
+from dada_fastai.metrics import median_scaled_depth
 from dada_fastai.toy import SKY_DEPTH, ToyConfig, render_scene, scene_rng
 
 BINS = (0, 5, 10, 20, 40, 80, SKY_DEPTH)  # metres
-
-
-def ratios(pred_inv: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(max(d / d*, d* / d), d*) of the pixels with depth (not sky), the prediction median-scaled to the truth."""
-    valid = depth < SKY_DEPTH
-    gt = depth[valid].astype(np.float64)
-    pred = 1 / np.maximum(pred_inv[valid].astype(np.float64), 1e-8)
-    pred *= np.median(gt) / np.median(pred)
-    return np.maximum(pred / gt, gt / pred), gt
 
 
 def cell_average(depth: np.ndarray, stride: int) -> np.ndarray:
@@ -45,14 +36,16 @@ def cell_average(depth: np.ndarray, stride: int) -> np.ndarray:
 
 def measure(predict, toy: ToyConfig, domain: str, n: int) -> dict:
     """δ<1.25 (image mean, as `evaluate`), by distance (pooled pixels) and the pixel share of each distance."""
-    per_image, pooled = [], []
+    per_image, ratios, distances = [], [], []
     for i in range(n):
         rgb, _, depth = render_scene(scene_rng(toy.seed, domain, i, 'val'), toy, domain)
-        pred_inv = predict(rgb, depth)
         inv_gt = torch.from_numpy(np.where(depth >= SKY_DEPTH, np.nan, 1 / depth).astype(np.float32))
-        per_image.append(image_depth_errors(torch.from_numpy(pred_inv), inv_gt)['delta1'])
-        pooled.append(ratios(pred_inv, depth))
-    r, gt = (np.concatenate(x) for x in zip(*pooled))
+        pred, gt = median_scaled_depth(torch.from_numpy(predict(rgb, depth)), inv_gt)
+        ratio = torch.maximum(pred / gt, gt / pred).numpy()
+        per_image.append((ratio < 1.25).mean())
+        ratios.append(ratio)
+        distances.append(gt.numpy())
+    r, gt = np.concatenate(ratios), np.concatenate(distances)
     which = np.digitize(gt, BINS[1:-1])
     return dict(delta1=float(np.mean(per_image)),
                 by_distance=[float((r[which == b] < 1.25).mean()) if (which == b).any() else float('nan')

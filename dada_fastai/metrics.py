@@ -18,7 +18,7 @@ from .losses import IGNORE_INDEX, upsample
 from .protocols import Protocol
 
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'finite_mean', 'segmentation_scores', 'ConfusionMatrix',
-           'MeanIoU', 'DEPTH_NOTE', 'image_depth_errors', 'DepthAccuracy']
+           'MeanIoU', 'DEPTH_NOTE', 'median_scaled_depth', 'image_depth_errors', 'DepthAccuracy']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,17 +125,28 @@ DEPTH_NOTE = ('depth = 1 / predicted inverse depth, median-scaled per image to t
               'constant depth (the median of the ground truth)')
 
 
-def image_depth_errors(pred_inv: Tensor, gt_inv: Tensor) -> dict[str, float] | None:
-    """δ<1.25 (fraction of pixels with max(d/d*, d*/d) < 1.25) and abs-rel (mean |d - d*| / d*) of one image,
-    for the median-scaled prediction and for a constant; None when the image has no valid depth. `pred_inv`
-    and `gt_inv` are (H, W) inverse depths at the same size; the ground truth is valid where finite and > 0."""
+def median_scaled_depth(pred_inv: Tensor, gt_inv: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(predicted depth, true depth) of the pixels with valid ground truth (finite and > 0), the prediction
+    1 / `pred_inv` median-scaled to the truth; None when no pixel is valid. `pred_inv` and `gt_inv` are inverse
+    depths at the same size."""
     gt_inv, pred_inv = gt_inv.float(), pred_inv.float().reshape(gt_inv.shape)
     valid = torch.isfinite(gt_inv) & (gt_inv > 0)
     if not bool(valid.any()):
         return None
     gt = 1 / gt_inv[valid]
     pred = 1 / pred_inv[valid].clamp_min(1e-8)  # a non-positive inverse depth is as far as it gets
-    pred = pred * (gt.median() / pred.median())
+    return pred * (gt.median() / pred.median()), gt
+
+
+def image_depth_errors(pred_inv: Tensor, gt_inv: Tensor) -> dict[str, float] | None:
+    """δ<1.25 (fraction of pixels with max(d/d*, d*/d) < 1.25) and abs-rel (mean |d - d*| / d*) of one image,
+    for the median-scaled prediction (`median_scaled_depth`) and for a constant; None when the image has no valid
+    depth. `pred_inv` and `gt_inv` are (H, W) inverse depths at the same size; the ground truth is valid where
+    finite and > 0."""
+    scaled = median_scaled_depth(pred_inv, gt_inv)
+    if scaled is None:
+        return None
+    pred, gt = scaled
     const = torch.full_like(gt, float(gt.median()))
 
     def errors(d):

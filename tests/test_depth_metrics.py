@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dada_fastai.datasets import open_dataset
-from dada_fastai.metrics import DepthAccuracy, image_depth_errors
+from dada_fastai.metrics import DepthAccuracy, image_depth_errors, median_scaled_depth
 from dada_fastai.toy import SKY_DEPTH, ToyConfig, make_toy_pair, render_scene, scene_rng
 
 TINY = ToyConfig(size=(32, 64), n_source=3, n_target_train=2, n_target_val=2, seed=3)
@@ -17,6 +17,16 @@ def test_a_prediction_right_up_to_scale_is_exact():
     gt = torch.rand(16, 24) * 4 + 0.1  # inverse depth
     errs = image_depth_errors(gt * 37.5, gt)  # the scale of the source's depth targets is not the target's
     assert errs['delta1'] == pytest.approx(1.) and errs['abs_rel'] == pytest.approx(0., abs=1e-6)
+
+
+def test_median_scaled_depth_keeps_the_valid_pixels_and_matches_the_medians():
+    gt_inv = torch.tensor([[1., float('nan'), 0.5, 0.25, 0.]])  # depths 1, -, 2, 4, -
+    pred, gt = median_scaled_depth(torch.tensor([[2., 9., 1., -1., 9.]]), gt_inv)
+    torch.testing.assert_close(gt, torch.tensor([1., 2., 4.]))
+    assert pred.median() == gt.median()
+    torch.testing.assert_close(pred[:2] / pred[0], torch.tensor([1., 2.]))  # ratios kept: 1 / 2 and 1 / 1
+    assert pred[2] > 1e6 * pred[0]  # a negative inverse depth is as far as it gets
+    assert median_scaled_depth(torch.ones(1, 2), torch.zeros(1, 2)) is None
 
 
 def test_known_errors_and_the_constant_baseline():
