@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.schedule import ParamScheduler, combined_cos
+from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds, combined_cos
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
@@ -181,6 +181,20 @@ class DADALearner(Learner):
         lr = np.array([h['lr'] for h in self.opt.hypers])
         scheds = {'lr': combined_cos(pct_start, lr, lr, lr / div_final)}
         self.fit(n_epoch, lr, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd,
+                 start_epoch=start_epoch)
+
+    def fit_sgdr(self, n_cycles: int, cycle_len: int, lr_max=None, cycle_mult: int = 2, cbs=None,
+                 reset_opt: bool = False, wd=None, start_epoch: int = 0) -> None:
+        """fastai's `fit_sgdr` (cosine restarts, each cycle `cycle_mult` times longer), with the fit started at the
+        cycles' peak `lr_max` (fastai's starts it at `learn.lr`), so that the discriminators follow it too."""
+        if self.opt is None:
+            self.create_opt()
+        self.opt.set_hyper('lr', self.lr if lr_max is None else lr_max)
+        lr_max = np.array([h['lr'] for h in self.opt.hypers])
+        n_epoch = sum(cycle_len * cycle_mult ** i for i in range(n_cycles))  # fastai's divides by cycle_mult - 1
+        pcts = [cycle_len * cycle_mult ** i / n_epoch for i in range(n_cycles)]
+        scheds = {'lr': combine_scheds(pcts, [SchedCos(lr_max, 0) for _ in range(n_cycles)])}
+        self.fit(n_epoch, lr_max, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd,
                  start_epoch=start_epoch)
 
     def fit_iters(self, n_iters: int, lr: float | None = None, schedule: str = 'poly', power: float = 0.9,

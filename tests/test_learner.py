@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
-from fastai.callback.schedule import combined_cos
+from fastai.callback.schedule import SchedCos, combine_scheds, combined_cos
 
 from dada_fastai.data import dada_dataloaders
 from dada_fastai.learner import METHODS, confusion_matrix, dada_learner, iou_from_confusion, method_config
@@ -123,16 +123,24 @@ def test_discriminator_learning_rate_is_d_lr_times_the_schedule_factor(dls, sche
     np.testing.assert_allclose(rows[:, 2], 1e-4 * factor, rtol=1e-6)  # the discriminators at d_lr x the factor
 
 
-@pytest.mark.parametrize('fit', ['fit_one_cycle', 'fit_flat_cos', 'fit'])
+@pytest.mark.parametrize('fit', ['fit_one_cycle', 'fit_flat_cos', 'fit', 'fit_sgdr'])
 def test_discriminator_learning_rate_in_fastais_fit_methods(dls, fit):
     rec = _Hypers()
     learn = _learner(dls, 'dada', lr=1e-3, d_lr=1e-4, cbs=[rec])
-    getattr(learn, fit)(2, 4e-3)
+    if fit == 'fit_sgdr':  # two cosine cycles of one and two epochs
+        learn.fit_sgdr(2, 1, 4e-3)
+        n_epoch = 3
+    else:
+        getattr(learn, fit)(2, 4e-3)
+        n_epoch = 2
     rows = np.array(rec.rows, dtype=float)
-    n = 2 * len(dls.train)
+    n = n_epoch * len(dls.train)
     assert len(rows) == n
-    factor = _factor({'fit_one_cycle': 'one_cycle', 'fit_flat_cos': 'flat_cos', 'fit': 'constant'}[fit],
-                     np.arange(n) / n)
+    pct = np.arange(n) / n
+    if fit == 'fit_sgdr':
+        factor = np.array([combine_scheds([1 / 3, 2 / 3], [SchedCos(1., 0.)] * 2)(p) for p in pct])
+    else:
+        factor = _factor({'fit_one_cycle': 'one_cycle', 'fit_flat_cos': 'flat_cos', 'fit': 'constant'}[fit], pct)
     np.testing.assert_allclose(rows[:, 0], 4e-3 * factor, rtol=1e-6)
     np.testing.assert_allclose(rows[:, 2], 1e-4 * factor, rtol=1e-6)
 
