@@ -121,21 +121,23 @@ class MeanIoU(Metric):
 # Depth
 # ---------------------------------------------------------------------------------------------------------
 
-DEPTH_NOTE = ('depth = 1 / predicted inverse depth, median-scaled per image to the ground truth; baseline: a '
-              'constant depth (the median of the ground truth)')
+DEPTH_NOTE = ('depth = 1 / predicted inverse depth, median-scaled per image to the ground truth and capped at its '
+              'farthest depth; baseline: a constant depth (the median of the ground truth)')
 
 
 def median_scaled_depth(pred_inv: Tensor, gt_inv: Tensor) -> tuple[Tensor, Tensor] | None:
     """(predicted depth, true depth) of the pixels with valid ground truth (finite and > 0), the prediction
-    1 / `pred_inv` median-scaled to the truth; None when no pixel is valid. `pred_inv` and `gt_inv` are inverse
-    depths at the same size."""
+    1 / `pred_inv` median-scaled to the truth, then capped at the image's farthest true depth (as the standard
+    protocol caps it at 80 m on KITTI), so that a non-positive inverse depth counts as that depth, not as 1e8 m, and
+    abs-rel stays bounded; None when no pixel is valid. `pred_inv` and `gt_inv` are inverse depths at the same
+    size."""
     gt_inv, pred_inv = gt_inv.float(), pred_inv.float().reshape(gt_inv.shape)
     valid = torch.isfinite(gt_inv) & (gt_inv > 0)
     if not bool(valid.any()):
         return None
     gt = 1 / gt_inv[valid]
     pred = 1 / pred_inv[valid].clamp_min(1e-8)  # a non-positive inverse depth is as far as it gets
-    return pred * (gt.median() / pred.median()), gt
+    return (pred * (gt.median() / pred.median())).clamp_max(gt.max()), gt
 
 
 def image_depth_errors(pred_inv: Tensor, gt_inv: Tensor) -> dict[str, float] | None:

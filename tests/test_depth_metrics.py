@@ -25,27 +25,34 @@ def test_median_scaled_depth_keeps_the_valid_pixels_and_matches_the_medians():
     torch.testing.assert_close(gt, torch.tensor([1., 2., 4.]))
     assert pred.median() == gt.median()
     torch.testing.assert_close(pred[:2] / pred[0], torch.tensor([1., 2.]))  # ratios kept: 1 / 2 and 1 / 1
-    assert pred[2] > 1e6 * pred[0]  # a negative inverse depth is as far as it gets
+    assert pred[2] == 4.  # a negative inverse depth is as far as it gets: the farthest true depth, not 1e8 m
     assert median_scaled_depth(torch.ones(1, 2), torch.zeros(1, 2)) is None
+
+
+def test_only_the_far_side_is_capped():
+    gt_depth = torch.tensor([[1., 2., 4.]])
+    pred, _ = median_scaled_depth(1 / torch.tensor([[0.25, 2., 40.]]), 1 / gt_depth)  # medians 2 and 2: scale 1
+    torch.testing.assert_close(pred, torch.tensor([0.25, 2., 4.]))  # too near stays too near (wrong); 40 m -> 4 m
 
 
 def test_known_errors_and_the_constant_baseline():
     gt_depth = torch.tensor([[1., 2., 4., 8.]])
-    pred_depth = torch.tensor([[1., 2., 4., 16.]])  # medians (the lower middle value) 2 and 2: scale 1
+    pred_depth = torch.tensor([[1., 2., 8., 4.]])  # medians (the lower middle value) 2 and 2: scale 1
     errs = image_depth_errors(1 / pred_depth, 1 / gt_depth)
-    assert errs['delta1'] == pytest.approx(0.75)
-    assert errs['abs_rel'] == pytest.approx(1 / 4)
+    assert errs['delta1'] == pytest.approx(0.5)
+    assert errs['abs_rel'] == pytest.approx((0 + 0 + 1 + 0.5) / 4)
     # a constant at the ground truth's median (2): ratios 2, 1, 2, 4 -> one under 1.25
     assert errs['baseline_delta1'] == pytest.approx(0.25)
     assert errs['baseline_abs_rel'] == pytest.approx((1 + 0 + 0.5 + 0.75) / 4)
 
 
 def test_invalid_ground_truth_is_left_out_and_bad_predictions_count():
-    gt = torch.tensor([[1., float('nan'), 0., 0.5]])
-    pred = torch.tensor([[1., 5., 5., -3.]])  # a negative inverse depth is infinitely far: wrong
-    errs = image_depth_errors(pred, gt)
-    assert errs['delta1'] == pytest.approx(0.5)
-    assert image_depth_errors(pred, torch.full((1, 4), float('nan'))) is None
+    gt = torch.tensor([[1., float('nan'), 0., 0.5, 0.5, 0.5, 0.25]])  # depths 1, -, -, 2, 2, 2, 4
+    pred = torch.tensor([[-3., 5., 5., 0.5, 0.5, 0.5, 0.25]])  # a negative inverse depth on the nearest pixel
+    errs = image_depth_errors(pred, gt)  # medians 2 and 2: scale 1; the negative one counts as 4 m, not 1e8 m
+    assert errs['delta1'] == pytest.approx(0.8)
+    assert errs['abs_rel'] == pytest.approx(3 / 5)  # |4 - 1| / 1 over five pixels: bounded by the image's range
+    assert image_depth_errors(pred, torch.full((1, 7), float('nan'))) is None
 
 
 def test_depth_accuracy_averages_images():
