@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dada_fastai.inference import load_model
-from dada_fastai.metrics import median_scaled_depth
+from dada_fastai.metrics import median_scaled_depth, within_delta1
 from dada_fastai.toy import SKY_DEPTH, ToyConfig, render_scene, scene_rng
 
 BINS = (0, 5, 10, 20, 40, 80, SKY_DEPTH)  # metres
@@ -36,19 +36,19 @@ def cell_average(depth: np.ndarray, stride: int) -> np.ndarray:
 
 def measure(predict, toy: ToyConfig, domain: str, n: int) -> dict:
     """δ<1.25 (image mean, as `evaluate`), by distance (pooled pixels) and the pixel share of each distance."""
-    per_image, ratios, distances = [], [], []
+    per_image, hits, distances = [], [], []
     for i in range(n):
         rgb, _, depth = render_scene(scene_rng(toy.seed, domain, i, 'val'), toy, domain)
         inv_gt = torch.from_numpy(np.where(depth >= SKY_DEPTH, np.nan, 1 / depth).astype(np.float32))
         pred, gt = median_scaled_depth(torch.from_numpy(predict(rgb, depth)), inv_gt)
-        ratio = torch.maximum(pred / gt, gt / pred).numpy()
-        per_image.append((ratio < 1.25).mean())
-        ratios.append(ratio)
+        hit = within_delta1(pred, gt).numpy()
+        per_image.append(hit.mean())
+        hits.append(hit)
         distances.append(gt.numpy())
-    r, gt = np.concatenate(ratios), np.concatenate(distances)
+    hit, gt = np.concatenate(hits), np.concatenate(distances)
     which = np.digitize(gt, BINS[1:-1])
     return dict(delta1=float(np.mean(per_image)),
-                by_distance=[float((r[which == b] < 1.25).mean()) if (which == b).any() else float('nan')
+                by_distance=[float(hit[which == b].mean()) if (which == b).any() else float('nan')
                              for b in range(len(BINS) - 1)],
                 share=[float((which == b).mean()) for b in range(len(BINS) - 1)])
 

@@ -157,45 +157,41 @@ class DADALearner(Learner):
                 'confusion': self.confusion, 'depth': self.depth_accuracy, 'layers': list(m.layers or ()) or None,
                 'mode': m.mode, 'bn': m.bn}
 
+    def _fit_scheduled(self, n_epoch: int, lr, scheds, cbs=None, **kwargs) -> None:
+        """`fit` under the parameter schedules `scheds(peak)`, `peak` being the groups' rates for `lr` (`learn.lr`
+        when None), with the fit started at that peak. fastai's schedule methods call `fit` without a rate, which
+        resets it to `learn.lr`; the discriminators read the rate the fit starts at as the schedule's peak."""
+        if self.opt is None:
+            self.create_opt()
+        self.opt.set_hyper('lr', self.lr if lr is None else lr)
+        peak = np.array([h['lr'] for h in self.opt.hypers])
+        self.fit(n_epoch, peak, cbs=ParamScheduler(scheds(peak)) + L(cbs), **kwargs)
+
     def fit_one_cycle(self, n_epoch: int, lr_max=None, div: float = 25., div_final: float = 1e5,
                       pct_start: float = 0.25, wd=None, moms=None, cbs=None, reset_opt: bool = False,
                       start_epoch: int = 0) -> None:
         """fastai's `fit_one_cycle`, with the fit started at the cycle's peak `lr_max` (fastai's starts it at
         `learn.lr`): the discriminators' rate is `d_lr` times the segmenter's rate over that peak."""
-        if self.opt is None:
-            self.create_opt()
-        self.opt.set_hyper('lr', self.lr if lr_max is None else lr_max)
-        lr_max = np.array([h['lr'] for h in self.opt.hypers])
-        scheds = {'lr': combined_cos(pct_start, lr_max / div, lr_max, lr_max / div_final),
-                  'mom': combined_cos(pct_start, *(self.moms if moms is None else moms))}
-        self.fit(n_epoch, lr_max, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd,
-                 start_epoch=start_epoch)
+        moms = self.moms if moms is None else moms
+        self._fit_scheduled(n_epoch, lr_max, lambda peak: {
+            'lr': combined_cos(pct_start, peak / div, peak, peak / div_final), 'mom': combined_cos(pct_start, *moms)},
+            cbs, reset_opt=reset_opt, wd=wd, start_epoch=start_epoch)
 
     def fit_flat_cos(self, n_epoch: int, lr=None, div_final: float = 1e5, pct_start: float = 0.75, wd=None,
                      cbs=None, reset_opt: bool = False, start_epoch: int = 0) -> None:
         """fastai's `fit_flat_cos`, started at its flat rate `lr` and from `start_epoch` (fastai's starts at
         `learn.lr` and drops `start_epoch`, so a resumed run would train its first epochs again)."""
-        if self.opt is None:
-            self.create_opt()
-        self.opt.set_hyper('lr', self.lr if lr is None else lr)
-        lr = np.array([h['lr'] for h in self.opt.hypers])
-        scheds = {'lr': combined_cos(pct_start, lr, lr, lr / div_final)}
-        self.fit(n_epoch, lr, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd,
-                 start_epoch=start_epoch)
+        self._fit_scheduled(n_epoch, lr, lambda peak: {'lr': combined_cos(pct_start, peak, peak, peak / div_final)},
+                            cbs, reset_opt=reset_opt, wd=wd, start_epoch=start_epoch)
 
     def fit_sgdr(self, n_cycles: int, cycle_len: int, lr_max=None, cycle_mult: int = 2, cbs=None,
                  reset_opt: bool = False, wd=None, start_epoch: int = 0) -> None:
         """fastai's `fit_sgdr` (cosine restarts, each cycle `cycle_mult` times longer), with the fit started at the
         cycles' peak `lr_max` (fastai's starts it at `learn.lr`), so that the discriminators follow it too."""
-        if self.opt is None:
-            self.create_opt()
-        self.opt.set_hyper('lr', self.lr if lr_max is None else lr_max)
-        lr_max = np.array([h['lr'] for h in self.opt.hypers])
         n_epoch = sum(cycle_len * cycle_mult ** i for i in range(n_cycles))  # fastai's divides by cycle_mult - 1
         pcts = [cycle_len * cycle_mult ** i / n_epoch for i in range(n_cycles)]
-        scheds = {'lr': combine_scheds(pcts, [SchedCos(lr_max, 0) for _ in range(n_cycles)])}
-        self.fit(n_epoch, lr_max, cbs=ParamScheduler(scheds) + L(cbs), reset_opt=reset_opt, wd=wd,
-                 start_epoch=start_epoch)
+        self._fit_scheduled(n_epoch, lr_max, lambda peak: {'lr': combine_scheds(pcts, [SchedCos(peak, 0)] * n_cycles)},
+                            cbs, reset_opt=reset_opt, wd=wd, start_epoch=start_epoch)
 
     def fit_iters(self, n_iters: int, lr: float | None = None, schedule: str = 'poly', power: float = 0.9,
                   cbs=None, **kwargs) -> None:

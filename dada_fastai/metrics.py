@@ -18,7 +18,7 @@ from .losses import IGNORE_INDEX, upsample
 from .protocols import Protocol
 
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'finite_mean', 'segmentation_scores', 'ConfusionMatrix',
-           'MeanIoU', 'DEPTH_NOTE', 'median_scaled_depth', 'image_depth_errors', 'DepthAccuracy']
+           'MeanIoU', 'DEPTH_NOTE', 'median_scaled_depth', 'within_delta1', 'image_depth_errors', 'DepthAccuracy']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,6 +140,11 @@ def median_scaled_depth(pred_inv: Tensor, gt_inv: Tensor) -> tuple[Tensor, Tenso
     return (pred * (gt.median() / pred.median())).clamp_max(gt.max()), gt
 
 
+def within_delta1(pred: Tensor, gt: Tensor) -> Tensor:
+    """Which pixels' depth is within 25% of the truth: max(d/d*, d*/d) < 1.25 (δ<1.25 is their share)."""
+    return torch.maximum(pred / gt, gt / pred) < 1.25
+
+
 def image_depth_errors(pred_inv: Tensor, gt_inv: Tensor) -> dict[str, float] | None:
     """δ<1.25 (fraction of pixels with max(d/d*, d*/d) < 1.25) and abs-rel (mean |d - d*| / d*) of one image,
     for the median-scaled prediction (`median_scaled_depth`) and for a constant; None when the image has no valid
@@ -152,8 +157,7 @@ def image_depth_errors(pred_inv: Tensor, gt_inv: Tensor) -> dict[str, float] | N
     const = torch.full_like(gt, float(gt.median()))
 
     def errors(d):
-        ratio = torch.maximum(d / gt, gt / d)
-        return float((ratio < 1.25).float().mean()), float(((d - gt).abs() / gt).mean())
+        return float(within_delta1(d, gt).float().mean()), float(((d - gt).abs() / gt).mean())
     (d1, rel), (c1, crel) = errors(pred), errors(const)
     return {'delta1': d1, 'abs_rel': rel, 'baseline_delta1': c1, 'baseline_abs_rel': crel}
 
