@@ -20,7 +20,7 @@ from .weights import load_official_state_dict, load_weights_file, reference_name
 __all__ = ['DeepLabBottleneck', 'DeepLabResNet', 'REFERENCE_ARCH', 'REFERENCE_BGR_MEAN', 'create_backbone', 'DepthBlock',
            'DeepLabV2Classifier', 'DADA', 'Discriminator', 'official_deeplabv2_depth', 'official_deeplabv2',
            'load_official_state_dict', 'reference_name', 'load_weights_file', 'WeightsError', 'freeze_bn_affine',
-           'param_groups']
+           'revive_zero_bn', 'param_groups']
 
 REFERENCE_ARCH = 'deeplabv2_resnet101'  # the timm name under which the reference backbone is registered
 
@@ -217,6 +217,8 @@ class DADA(nn.Module):
         self.feature_fusion = feature_fusion
         self.classifier = DeepLabV2Classifier(self.feat_ch, n_classes)
         if freeze_bn:
+            if not pretrained and weights is None:  # from scratch: no frozen scale may stay at zero
+                revive_zero_bn(self.backbone)
             freeze_bn_affine(self.backbone)
 
     @property
@@ -255,6 +257,20 @@ def freeze_bn_affine(module: nn.Module) -> nn.Module:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             for p in m.parameters():
                 p.requires_grad_(False)
+    return module
+
+
+def revive_zero_bn(module: nn.Module) -> nn.Module:
+    """Set to one the scale of every BatchNorm in `module` whose scale is all zeros. timm starts each residual
+    block's last BatchNorm at zero (`zero_init_last`) so that a network trained from scratch begins with identity
+    blocks and learns that scale; frozen there (`freeze_bn_affine`, the reference's recipe), every residual branch
+    would stay silent for good, leaving a backbone of its stem and shortcuts: from scratch, a frozen scale of one
+    keeps each block a block."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            with torch.no_grad():
+                if not m.weight.any():
+                    m.weight.fill_(1.)
     return module
 
 

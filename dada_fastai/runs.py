@@ -222,6 +222,8 @@ def build_run_learner(cfg: TrainConfig, run_dir: Path | None = None, cbs=None, c
 
 
 WARM_START_SEED = 0  # one warm start per recipe, whatever the run's seed: it stands in for a published model
+WARM_START_VERSION = 2  # bumped whenever the network's initialisation or the stage changes, so that older caches
+# are not reused (2: from scratch, the backbone's frozen BatchNorm scales start at one, not at timm's zero)
 
 
 def warm_start_key(cfg: TrainConfig) -> dict:
@@ -233,6 +235,7 @@ def warm_start_key(cfg: TrainConfig) -> dict:
             'lr', 'wd', 'schedule', 'lambda_seg', 'lambda_depth', 'depth_scale', 'fusion_bias', 'norm', 'augment',
             'mode', 'precision', 'bn', 'toy', 'warm_start')
     key = {k: getattr(cfg, k) for k in keep}
+    key['version'] = WARM_START_VERSION
     m = method_config(cfg.method)
     key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
     if not m.depth_block:  # a network without the depth block learns nothing from depth

@@ -112,6 +112,28 @@ def test_reference_bn_affine_frozen_and_convs_trainable():
     assert unfrozen.backbone.bn1.weight.requires_grad
 
 
+@pytest.mark.parametrize('arch', ['resnet10t', REFERENCE_ARCH])
+def test_from_scratch_every_residual_branch_trains(arch):
+    """timm starts each block's last BatchNorm scale at zero; frozen there, the block's branch would never train."""
+    kw = dict(layers=SMALL) if arch == REFERENCE_ARCH else {}
+    model = DADA(4, arch=arch, pretrained=False, **kw)
+    seg, depth = model(torch.randn(2, 3, 32, 48))
+    (seg.square().mean() + depth.square().mean()).backward()
+    silent = [n for n, p in model.backbone.named_parameters() if p.requires_grad and not p.grad.any()]
+    assert not silent
+    assert all(not p.requires_grad for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)
+               for p in m.parameters())  # still the reference's frozen affine
+
+
+def test_loaded_backbone_weights_keep_their_bn_scales(tmp_path):
+    """Only a backbone trained from scratch has its zero scales set to one: loaded weights stay as they are."""
+    trained = timm.create_model('resnet10t', pretrained=False)  # a checkpoint whose last scales are zero
+    torch.save(trained.state_dict(), tmp_path / 'resnet10t.pth')
+    model = DADA(4, arch='resnet10t', pretrained=False, weights=tmp_path / 'resnet10t.pth')
+    assert not model.backbone.layer1[0].bn2.weight.any()
+    assert DADA(4, arch='resnet10t', pretrained=False).backbone.layer1[0].bn2.weight.all()
+
+
 def _expected_reference_names(layers, with_depth=True) -> set[str]:
     bn = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
     names = {'conv1.weight'} | {f'bn1.{s}' for s in bn}
