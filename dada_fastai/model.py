@@ -266,11 +266,10 @@ def revive_zero_bn(module: nn.Module) -> nn.Module:
     blocks and learns that scale; frozen there (`freeze_bn_affine`, the reference's recipe), every residual branch
     would stay silent for good, leaving a backbone of its stem and shortcuts: from scratch, a frozen scale of one
     keeps each block a block."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-            with torch.no_grad():
-                if not m.weight.any():
-                    m.weight.fill_(1.)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.any():
+                m.weight.fill_(1.)
     return module
 
 
