@@ -189,7 +189,7 @@ class TrainConfig:
                                                                             "the backbone's)")
     augment: bool = option(False, 'random flips, scales and crops (off in the paper)')
     warm_start: int = option(0, 'iterations of a cached source-only stage of the run\'s network that every seed and '
-                             'method starts from (0: none; toy pair: 500)', low=0, high=10 ** 9)
+                             'method starts from (0: none; toy pair: 300)', low=0, high=10 ** 9)
     seed: int = option(1234, 'random seed (paper: 1234)', low=0, high=2 ** 32 - 1)
     checkpoint_every: int = option(2000, 'iterations between checkpoints (0: only at the end)', low=0,
                                    on_resume=True)
@@ -413,5 +413,5 @@ def _toy_defaults() -> dict:
     README, "The built-in toy pair"."""
     return dict(classes=7, arch='resnet10t', pretrained=False, iters=300, source_size='96x192',
                 target_size='96x192', bs=4, lr=2e-3, d_lr=1e-4, schedule='one_cycle', checkpoint_every=0,
-                eval_every=None, lambda_adv=1e-3, norm='imagenet', ndf=32, mode='fast', depth_scale=0.1,
-                lambda_depth=1., fusion_bias=1., warm_start=500)
+                eval_every=None, lambda_adv=1e-3, norm='imagenet', mode='fast', depth_scale=0.1,
+                lambda_depth=1., fusion_bias=1., warm_start=300)
