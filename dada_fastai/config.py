@@ -141,6 +141,21 @@ def toy_rule(value) -> str | None:
     return f'a mapping of toy-pair settings ({", ".join(sorted(known))})'
 
 
+WARM_START_RECIPE = ('opt', 'lr', 'head_lr_mult', 'wd', 'bs', 'schedule')  # what the warm start may do its own way
+
+
+def warm_start_recipe_rule(value) -> str | None:
+    if not isinstance(value, dict) or not set(map(str, value)) <= set(WARM_START_RECIPE):
+        return f'a mapping of some of {", ".join(WARM_START_RECIPE)}'
+    specs = train_options()
+    for k, v in value.items():
+        try:
+            check_option(k, *specs[k], v)
+        except ConfigError as e:
+            return f'a mapping of valid values ({e})'
+    return None
+
+
 def _methods() -> Sequence[str]:
     from .learner import METHODS
     return tuple(METHODS)
@@ -172,9 +187,13 @@ class TrainConfig:
     source_size: str = option('760x1280', 'HxW of source images (paper: 760x1280)', check=size_rule)
     target_size: str = option('512x1024', 'HxW of target images (paper: 512x1024)', check=size_rule)
     bs: int = option(1, 'images per domain in a batch (paper: 1)', low=1, high=4096)
-    lr: float = option(2.5e-4, 'backbone learning rate; the head trains at 10x (paper: 2.5e-4)', above=0)
+    lr: float = option(2.5e-4, 'backbone learning rate (paper: 2.5e-4; toy pair: 2e-3)', above=0)
+    head_lr_mult: float = option(10., "the head's learning rate (classifier, depth block) over the backbone's "
+                                 "(paper: 10)", above=0)
     d_lr: float = option(1e-4, 'discriminator learning rate, Adam (paper: 1e-4)', above=0)
     wd: float = option(5e-4, "weight decay of the segmenter's SGD (paper: 5e-4)", low=0)
+    opt: Literal['sgd', 'adamw'] = option('sgd', "the segmenter's optimizer: sgd (momentum 0.9, the paper's) or "
+                                          "adamw")
     schedule: Literal['poly', 'one_cycle', 'flat_cos', 'constant'] = option('poly', 'learning-rate schedule '
                                                                             '(paper: poly)')
     lambda_seg: float = option(1., 'weight of the segmentation loss (paper: 1)', low=0)
@@ -190,6 +209,9 @@ class TrainConfig:
     augment: bool = option(False, 'random flips, scales and crops (off in the paper)')
     warm_start: int = option(0, 'iterations of a cached source-only stage of the run\'s network that every seed and '
                              'method starts from (0: none; toy pair: 300)', low=0, high=10 ** 9)
+    warm_start_recipe: dict | None = option(None, "the warm start's own optimizer, rates, batch size or schedule "
+                                            f"(some of {', '.join(WARM_START_RECIPE)}; default: the run's)",
+                                            check=warm_start_recipe_rule, cli=False)
     seed: int = option(1234, 'random seed (paper: 1234)', low=0, high=2 ** 32 - 1)
     checkpoint_every: int = option(2000, 'iterations between checkpoints (0: only at the end)', low=0,
                                    on_resume=True)

@@ -692,7 +692,7 @@ def _smooth(y: np.ndarray) -> np.ndarray:
 def draw_curves(history: str | Path, out: str | Path, title: str | None = None) -> Path | None:
     """Draw `out` (PNG) from a history CSV: the segmentation and depth losses, the adversarial (fooling)
     loss, the discriminators' losses on source and target, the learning rates and the target validation
-    mIoU (and mIoU*), by iteration. Training curves are shown raw (faint) and smoothed. Written atomically;
+    mIoU (and mIoU*, and the depth's δ<1.25 where the target has depth), by iteration. Training curves are shown raw (faint) and smoothed. Written atomically;
     None when the history has no rows yet."""
     from matplotlib.figure import Figure
     from .checkpoint import atomic_write_bytes
@@ -705,7 +705,7 @@ def draw_curves(history: str | Path, out: str | Path, title: str | None = None) 
               ('adversarial loss (fooling)', lambda c: c.startswith('adv'), False),
               ('discriminator loss', lambda c: c.startswith(('d_src', 'd_trg')), False),
               ('learning rate', lambda c: c.startswith('lr'), True),
-              ('target validation (%)', lambda c: c.startswith('miou'), False)]
+              ('target validation (%)', lambda c: c.startswith('miou') or c == 'delta1', False)]
     fig = Figure(figsize=(13, 6.4), layout='constrained')
     axs = fig.subplots(2, 3)
     for ax, (name, pick, log) in zip(axs.flat, panels):
@@ -717,7 +717,9 @@ def draw_curves(history: str | Path, out: str | Path, title: str | None = None) 
                 continue
             drawn = True
             if name.startswith('target validation'):
-                ax.plot(x, y, 'o-', ms=3, label={'miou': 'mIoU', 'miou13': 'mIoU* (13)'}.get(col, col))
+                scale = 100 if col == 'delta1' else 1  # a share of pixels, drawn in % beside the mIoU
+                ax.plot(x, y * scale, 'o-', ms=3,
+                        label={'miou': 'mIoU', 'miou13': 'mIoU* (13)', 'delta1': 'depth δ<1.25'}.get(col, col))
             elif name == 'learning rate':
                 ax.plot(x, y, label={'lr': 'backbone', 'lr_head': 'head', 'lr_d': 'discriminators'}.get(col, col))
             else:

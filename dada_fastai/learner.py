@@ -20,14 +20,14 @@ from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
                         NonFiniteGuard, SetEpoch, TableProgress, ThrottledProgress, poly_decay)
-from .metrics import ConfusionMatrix, DepthAccuracy, MeanIoU, confusion_matrix, finite_mean, iou_from_confusion
+from .metrics import ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, confusion_matrix, finite_mean, iou_from_confusion
 from .losses import ADAPT_MAPS, IterationResult, Lambdas, source_loss, upsample
 from .meta import RunMeta
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
 
 __all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU', 'finite_mean',
-           'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'default_precision',
+           'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'adamw', 'OPTIMIZERS', 'default_precision',
            'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple', 'run_iteration']
 
 
@@ -106,6 +106,15 @@ class DADALoss:
 def sgd_reference(params, lr: float = 2.5e-4, momentum: float = 0.9, wd: float = 5e-4, **kwargs) -> OptimWrapper:
     """The reference's optimizer: PyTorch SGD with momentum 0.9 and (coupled) weight decay 5e-4."""
     return OptimWrapper(params, torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=wd)
+
+
+def adamw(params, lr: float = 1e-3, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-8, wd: float = 5e-4,
+          **kwargs) -> OptimWrapper:
+    """PyTorch AdamW (decoupled weight decay): faster than SGD from scratch, the toy pair's optimizer."""
+    return OptimWrapper(params, torch.optim.AdamW, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd)
+
+
+OPTIMIZERS = {'sgd': sgd_reference, 'adamw': adamw}  # the segmenter's, by the name `--opt` takes
 
 
 class DADALearner(Learner):
@@ -559,6 +568,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     metrics = [MeanIoU(cm, depth=depth_acc)]
     if proto.subset13 is not None:
         metrics.append(MeanIoU(cm, proto.subset13, 'miou13'))
+    if cfg.depth_block and getattr(getattr(dls, 'target_ds', None), 'has_depth', False):
+        metrics.append(DepthDelta1(depth_acc))  # the target's depth, validation by validation
     metrics += list(trainer.terms.values())
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas, depth_scale), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,

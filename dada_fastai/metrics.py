@@ -18,7 +18,8 @@ from .losses import IGNORE_INDEX, upsample
 from .protocols import Protocol
 
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'finite_mean', 'segmentation_scores', 'ConfusionMatrix',
-           'MeanIoU', 'DEPTH_NOTE', 'median_scaled_depth', 'within_delta1', 'image_depth_errors', 'DepthAccuracy']
+           'MeanIoU', 'DEPTH_NOTE', 'median_scaled_depth', 'within_delta1', 'image_depth_errors', 'DepthAccuracy',
+           'DepthDelta1']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,3 +187,26 @@ class DepthAccuracy:
         if not self.n:
             return None
         return {**{k: round(v / self.n, 4) for k, v in self.sums.items()}, 'images': self.n, 'note': DEPTH_NOTE}
+
+
+class DepthDelta1(Metric):
+    """δ<1.25 of the validation's depth (`DepthAccuracy`, filled by the `MeanIoU` that shares it) as a column of
+    the progress table, `history.csv` and the curves; None on a validation without depth."""
+
+    def __init__(self, depth: DepthAccuracy, name: str = 'delta1'):
+        self.depth, self._name = depth, name
+
+    def reset(self):
+        pass  # the MeanIoU that fills `depth` resets it
+
+    def accumulate(self, learn):
+        pass
+
+    @property
+    def value(self):
+        result = self.depth.result()
+        return None if result is None else result['delta1']
+
+    @property
+    def name(self):
+        return self._name

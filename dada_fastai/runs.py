@@ -7,6 +7,7 @@ import os
 import random
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ def build_dataloaders(cfg: TrainConfig, device: torch.device | None = None):
 def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
     """The DADA learner a configuration asks for, with checkpoints in `run_dir`."""
     from .checkpoint import Checkpointer
-    from .learner import dada_learner
+    from .learner import OPTIMIZERS, dada_learner
     from .model import REFERENCE_ARCH
     kwargs = {}
     if cfg.arch == REFERENCE_ARCH and cfg.layers:
@@ -127,7 +128,7 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
     cbs = ([Checkpointer(run_dir, cfg.checkpoint_every)] if run_dir is not None else []) + list(cbs or [])
     learn = dada_learner(dls, cfg.method, arch=cfg.arch, pretrained=cfg.pretrained and not cfg.weights,
                          weights=cfg.weights, lambdas=Lambdas(cfg.lambda_seg, cfg.lambda_depth, cfg.lambda_adv),
-                         lr=cfg.lr, wd=cfg.wd, d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
+                         lr=cfg.lr, head_lr_mult=cfg.head_lr_mult, wd=cfg.wd, opt_func=partial(OPTIMIZERS[cfg.opt], wd=cfg.wd), d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
                          precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
                          depth_scale=cfg.depth_scale, fusion_bias=cfg.fusion_bias, config=cfg.to_dict())
@@ -236,6 +237,12 @@ def warm_start_key(cfg: TrainConfig) -> dict:
             'mode', 'precision', 'bn', 'toy', 'warm_start')
     key = {k: getattr(cfg, k) for k in keep}
     key['version'] = WARM_START_VERSION
+    if cfg.opt != 'sgd':  # the paper's choices leave the key of the caches written before they existed
+        key['opt'] = cfg.opt
+    if cfg.head_lr_mult != 10:
+        key['head_lr_mult'] = cfg.head_lr_mult
+    if cfg.warm_start_recipe:
+        key['recipe'] = _warm_start_recipe(cfg)
     m = method_config(cfg.method)
     key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
     if not m.depth_block:  # a network without the depth block learns nothing from depth
@@ -245,6 +252,13 @@ def warm_start_key(cfg: TrainConfig) -> dict:
         key['source'] = 'toy:' + config_key(ToyConfig(**(cfg.toy or {})))
         del key['toy']
     return key
+
+
+def _warm_start_recipe(cfg: TrainConfig) -> dict:
+    """The warm start's own values (`warm_start_recipe`), checked and typed."""
+    from .config import check_option, train_options
+    specs = train_options()
+    return {k: check_option(k, *specs[k], v) for k, v in sorted((cfg.warm_start_recipe or {}).items())}
 
 
 def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
@@ -269,8 +283,8 @@ def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
                       f'(cached in {path.parent})')
     m = method_config(cfg.method)
     stage = dataclasses.replace(cfg, method=MethodConfig(m.depth_block, m.feature_fusion, ()), iters=cfg.warm_start,
-                                warm_start=0, seed=WARM_START_SEED, checkpoint_every=0, eval_every=cfg.warm_start,
-                                out=None)  # validates once
+                                warm_start=0, warm_start_recipe=None, seed=WARM_START_SEED, checkpoint_every=0,
+                                eval_every=cfg.warm_start, out=None, **_warm_start_recipe(cfg))  # validates once
     learn = build_run_learner(stage, None)
     with learn.no_logging(), learn.no_bar():
         _fit(learn, stage)

@@ -2,6 +2,8 @@
 `evaluate` and run results reporting it."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -97,9 +99,16 @@ def test_learner_evaluate_reports_depth_when_the_target_has_it(tmp_path):
         res = learn.evaluate()
     assert res['depth']['images'] == 2 and 0 <= res['depth']['delta1'] <= 1
     assert res['miou'] is not None  # the depth does not get in the way of the segmentation metrics
+    delta1 = [m for m in learn.metrics if m.name == 'delta1']  # a column of the progress table and history
+    assert len(delta1) == 1 and delta1[0].value == res['depth']['delta1']
     learn_so = dada_learner(dls, 'source_only', arch='test_resnet', ndf=8)
     with learn_so.no_bar(), learn_so.no_logging():
         assert 'depth' not in learn_so.evaluate()  # no depth block, no depth figures
+    assert 'delta1' not in [m.name for m in learn_so.metrics]
+    shutil.rmtree(cityscapes / 'disparity')  # a Cityscapes target without depth: no depth column
+    dls_nodepth = dada_dataloaders(f'synthia:{synthia}', f'cityscapes:{cityscapes}', n_classes=7,
+                                   source_size=(32, 64), target_size=(32, 64), bs=2)
+    assert 'delta1' not in [m.name for m in dada_learner(dls_nodepth, 'dada', arch='test_resnet', ndf=8).metrics]
 
 
 def test_evaluate_command_reports_depth_and_runs_in_bf16(tmp_path, monkeypatch):
@@ -112,6 +121,10 @@ def test_evaluate_command_reports_depth_and_runs_in_bf16(tmp_path, monkeypatch):
                         target_size='32x64')
     res = train(resolve_config(None, out=str(tmp_path / 'run'), **opts))
     assert res['depth']['images'] == 2  # results.json has it too
+    from dada_fastai.history import read_history
+    header, rows, _, _ = read_history(tmp_path / 'run' / 'history.csv')
+    last_valid = [r for r in rows if r.get('delta1')][-1]  # the validation's depth, by iteration
+    assert 'delta1' in header and float(last_valid['delta1']) == pytest.approx(res['depth']['delta1'], abs=1e-4)
     fp32 = evaluate_model(tmp_path / 'run', device='cpu')
     assert fp32['depth']['delta1'] == pytest.approx(res['depth']['delta1'], abs=0.02)
     assert fp32['miou'] == pytest.approx(res['miou'], abs=1)

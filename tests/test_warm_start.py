@@ -85,3 +85,50 @@ def test_fusion_bias_reaches_the_network(pair):
     assert torch.equal(bias, torch.ones_like(bias))
     plain = build_run_learner(resolve_config(None, **tiny_options(*pair, method='dada')))
     assert not torch.equal(plain.model.depth.dec.bias, torch.ones_like(bias))  # PyTorch's default otherwise
+
+
+def test_opt_and_head_lr_mult_choose_the_segmenters_optimizer(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
+    from dada_fastai.runs import build_run_learner
+    sgd = resolve_config(None, **tiny_options(*pair, method='dada'))
+    adamw = resolve_config(None, **tiny_options(*pair, method='dada', opt='adamw', lr=1e-3))
+    assert sgd.opt == 'sgd'  # the paper's
+    learn = build_run_learner(adamw)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_iters(1, lr=adamw.lr, schedule='constant')
+    assert type(learn.opt.opt) is torch.optim.AdamW
+    assert [g['lr'] for g in learn.opt.opt.param_groups] == pytest.approx([1e-3, 1e-2])  # the head at 10x
+    assert any(not torch.equal(before[k], v) for k, v in learn.model.state_dict().items() if k.endswith('weight'))
+    plain = build_run_learner(sgd)
+    plain.create_opt()
+    assert type(plain.opt.opt) is torch.optim.SGD
+    assert warm_start_key(adamw)['opt'] == 'adamw' and 'opt' not in warm_start_key(sgd)  # SGD caches keep their key
+    even = resolve_config(None, **tiny_options(*pair, method='dada', opt='adamw', lr=1e-3, head_lr_mult=1))
+    learn = build_run_learner(even)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_iters(1, lr=even.lr, schedule='constant')
+    assert [g['lr'] for g in learn.opt.opt.param_groups] == pytest.approx([1e-3, 1e-3])
+    assert warm_start_key(even) != warm_start_key(adamw) and 'head_lr_mult' not in warm_start_key(adamw)
+
+
+def test_warm_start_recipe_trains_the_warm_start_its_own_way(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
+    import dada_fastai.runs as runs
+    from dada_fastai.config import ConfigError
+    stages, build = [], runs.build_run_learner
+
+    def recording(cfg, *args, **kwargs):
+        stages.append(cfg)
+        return build(cfg, *args, **kwargs)
+    monkeypatch.setattr(runs, 'build_run_learner', recording)
+    own = resolve_config(None, **tiny_options(*pair, warm_start=2, warm_start_recipe={'opt': 'adamw', 'lr': '1e-3',
+                                                                                      'bs': 1}))
+    same = resolve_config(None, **tiny_options(*pair, warm_start=2))
+    assert warm_start_key(own) != warm_start_key(same)
+    assert warm_start_weights(own) != warm_start_weights(same)
+    assert [(s.opt, s.lr, s.bs, s.iters) for s in stages] == [('adamw', 1e-3, 1, 2), ('sgd', same.lr, same.bs, 2)]
+    assert (own.opt, own.bs) == ('sgd', same.bs)  # the run itself keeps its recipe
+    for bad in ({'iters': 5}, {'bs': 0}, {'opt': 'lion'}, ['opt']):
+        with pytest.raises(ConfigError, match='warm-start-recipe'):
+            resolve_config(None, **tiny_options(*pair, warm_start=2, warm_start_recipe=bad))
