@@ -191,7 +191,7 @@ class TrainConfig:
     head_lr_mult: float = option(10., "the head's learning rate (classifier, depth block) over the backbone's "
                                  "(paper: 10)", above=0)
     d_lr: float = option(1e-4, 'discriminator learning rate, Adam (paper: 1e-4)', above=0)
-    wd: float = option(5e-4, "weight decay of the segmenter's SGD (paper: 5e-4)", low=0)
+    wd: float = option(5e-4, "weight decay of the segmenter's optimizer (paper: 5e-4)", low=0)
     opt: Literal['sgd', 'adamw'] = option('sgd', "the segmenter's optimizer: sgd (momentum 0.9, the paper's) or "
                                           "adamw")
     schedule: Literal['poly', 'one_cycle', 'flat_cos', 'constant'] = option('poly', 'learning-rate schedule '

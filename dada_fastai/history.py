@@ -692,8 +692,8 @@ def _smooth(y: np.ndarray) -> np.ndarray:
 def draw_curves(history: str | Path, out: str | Path, title: str | None = None) -> Path | None:
     """Draw `out` (PNG) from a history CSV: the segmentation and depth losses, the adversarial (fooling)
     loss, the discriminators' losses on source and target, the learning rates and the target validation
-    mIoU (and mIoU*, and the depth's δ<1.25 where the target has depth), by iteration. Training curves are shown raw (faint) and smoothed. Written atomically;
-    None when the history has no rows yet."""
+    mIoU (and mIoU*, and the depth's δ<1.25 where the target has depth), by iteration. Training curves are
+    shown raw (faint) and smoothed. Written atomically; None when the history has no rows yet."""
     from matplotlib.figure import Figure
     from .checkpoint import atomic_write_bytes
     history, out = Path(history), Path(out)

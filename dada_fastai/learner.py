@@ -20,15 +20,16 @@ from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
                         NonFiniteGuard, SetEpoch, TableProgress, ThrottledProgress, poly_decay)
-from .metrics import ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, confusion_matrix, finite_mean, iou_from_confusion
+from .metrics import (ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, confusion_matrix, finite_mean,
+                      iou_from_confusion)
 from .losses import ADAPT_MAPS, IterationResult, Lambdas, source_loss, upsample
 from .meta import RunMeta
 from .model import DADA, Discriminator, param_groups
 from .protocols import Protocol, get_protocol
 
 __all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU', 'finite_mean',
-           'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'adamw', 'OPTIMIZERS', 'default_precision',
-           'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple', 'run_iteration']
+           'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'adamw',
+           'OPTIMIZERS', 'default_precision', 'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple', 'run_iteration']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def sgd_reference(params, lr: float = 2.5e-4, momentum: float = 0.9, wd: float =
 
 def adamw(params, lr: float = 1e-3, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-8, wd: float = 5e-4,
           **kwargs) -> OptimWrapper:
-    """PyTorch AdamW (decoupled weight decay): faster than SGD from scratch, the toy pair's optimizer."""
+    """PyTorch AdamW (decoupled weight decay; `mom`, `sqr_mom`: its betas, so that fastai's schedules set them)."""
     return OptimWrapper(params, torch.optim.AdamW, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd)
 
 

@@ -128,7 +128,9 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
     cbs = ([Checkpointer(run_dir, cfg.checkpoint_every)] if run_dir is not None else []) + list(cbs or [])
     learn = dada_learner(dls, cfg.method, arch=cfg.arch, pretrained=cfg.pretrained and not cfg.weights,
                          weights=cfg.weights, lambdas=Lambdas(cfg.lambda_seg, cfg.lambda_depth, cfg.lambda_adv),
-                         lr=cfg.lr, head_lr_mult=cfg.head_lr_mult, wd=cfg.wd, opt_func=partial(OPTIMIZERS[cfg.opt], wd=cfg.wd), d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs, path=run_dir or '.',
+                         lr=cfg.lr, head_lr_mult=cfg.head_lr_mult, wd=cfg.wd,
+                         opt_func=partial(OPTIMIZERS[cfg.opt], wd=cfg.wd), d_lr=cfg.d_lr, ndf=cfg.ndf, cbs=cbs,
+                         path=run_dir or '.',
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
                          precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
                          depth_scale=cfg.depth_scale, fusion_bias=cfg.fusion_bias, config=cfg.to_dict())
@@ -264,7 +266,8 @@ def _warm_start_recipe(cfg: TrainConfig) -> dict:
 def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
     """The segmenter after a source-only stage of `cfg.warm_start` iterations: the run's network (depth block
     and fusion as its method has them, no discriminator) trained on the run's source with the run's recipe
-    (labels, and depth where the network predicts it), seed `WARM_START_SEED`. Trained once and cached under
+    (labels, and depth where the network predicts it; `warm_start_recipe` may give it its own optimizer, rates,
+    batch size or schedule), seed `WARM_START_SEED`. Trained once and cached under
     $DADA_FASTAI_CACHE/warm_start (or ~/.cache/dada_fastai/warm_start): every seed, and every method with the
     same network, starts from it, as the paper's methods all start from one ImageNet backbone."""
     import dataclasses
