@@ -18,7 +18,8 @@ from .errors import UserError
 
 __all__ = ['TrainConfig', 'Option', 'option', 'train_options', 'check_option', 'check_config', 'describe', 'flag',
            'option_choices', 'value_type', 'dataset_spec_rule', 'size_rule', 'device_rule',
-           'out_folder_rule', 'preset_rule', 'run_folder_rule', 'model_file_rule', 'PRESET_DIR', 'list_presets', 'load_preset', 'resolve_config', 'ConfigError']
+           'out_folder_rule', 'preset_rule', 'run_folder_rule', 'model_file_rule', 'PRESET_DIR', 'list_presets', 'load_preset', 'resolve_config', 'ConfigError',
+           'WARM_START_RECIPE', 'warm_start_recipe']
 
 PRESET_DIR = Path(__file__).parent / 'presets'
 
@@ -144,15 +145,19 @@ def toy_rule(value) -> str | None:
 WARM_START_RECIPE = ('opt', 'lr', 'head_lr_mult', 'wd', 'bs', 'schedule')  # what the warm start may do its own way
 
 
+def warm_start_recipe(recipe: dict | None) -> dict:
+    """The values of a `warm_start_recipe`, each checked and typed as the option it names (ConfigError if not)."""
+    specs = train_options()
+    return {k: check_option(k, *specs[k], v) for k, v in sorted((recipe or {}).items())}
+
+
 def warm_start_recipe_rule(value) -> str | None:
     if not isinstance(value, dict) or not set(map(str, value)) <= set(WARM_START_RECIPE):
         return f'a mapping of some of {", ".join(WARM_START_RECIPE)}'
-    specs = train_options()
-    for k, v in value.items():
-        try:
-            check_option(k, *specs[k], v)
-        except ConfigError as e:
-            return f'a mapping of valid values ({e})'
+    try:
+        warm_start_recipe(value)
+    except ConfigError as e:
+        return f'a mapping of valid values ({e})'
     return None
 
 

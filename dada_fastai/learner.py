@@ -29,7 +29,8 @@ from .protocols import Protocol, get_protocol
 
 __all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU', 'finite_mean',
            'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'adamw',
-           'OPTIMIZERS', 'default_precision', 'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple', 'run_iteration']
+           'OPTIMIZERS', 'default_precision', 'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple',
+           'run_iteration']
 
 
 # ---------------------------------------------------------------------------------------------------------

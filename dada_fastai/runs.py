@@ -2,6 +2,7 @@
 checkpoints, resume, the final evaluation and pictures. The Python side of `dada-fastai train`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from .config import ConfigError, TrainConfig, load_preset, resolve_config
+from .config import ConfigError, TrainConfig, load_preset, resolve_config, warm_start_recipe
 from .data import dada_dataloaders, parse_size
 from .errors import UserError
 from .losses import Lambdas
@@ -239,12 +240,12 @@ def warm_start_key(cfg: TrainConfig) -> dict:
             'mode', 'precision', 'bn', 'toy', 'warm_start')
     key = {k: getattr(cfg, k) for k in keep}
     key['version'] = WARM_START_VERSION
-    if cfg.opt != 'sgd':  # the paper's choices leave the key of the caches written before they existed
-        key['opt'] = cfg.opt
-    if cfg.head_lr_mult != 10:
-        key['head_lr_mult'] = cfg.head_lr_mult
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for k in ('opt', 'head_lr_mult'):  # added later: at the paper's default, the key of the caches written before
+        if getattr(cfg, k) != defaults[k]:
+            key[k] = getattr(cfg, k)
     if cfg.warm_start_recipe:
-        key['recipe'] = _warm_start_recipe(cfg)
+        key['recipe'] = warm_start_recipe(cfg.warm_start_recipe)
     m = method_config(cfg.method)
     key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
     if not m.depth_block:  # a network without the depth block learns nothing from depth
@@ -256,13 +257,6 @@ def warm_start_key(cfg: TrainConfig) -> dict:
     return key
 
 
-def _warm_start_recipe(cfg: TrainConfig) -> dict:
-    """The warm start's own values (`warm_start_recipe`), checked and typed."""
-    from .config import check_option, train_options
-    specs = train_options()
-    return {k: check_option(k, *specs[k], v) for k, v in sorted((cfg.warm_start_recipe or {}).items())}
-
-
 def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
     """The segmenter after a source-only stage of `cfg.warm_start` iterations: the run's network (depth block
     and fusion as its method has them, no discriminator) trained on the run's source with the run's recipe
@@ -270,7 +264,6 @@ def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
     batch size or schedule), seed `WARM_START_SEED`. Trained once and cached under
     $DADA_FASTAI_CACHE/warm_start (or ~/.cache/dada_fastai/warm_start): every seed, and every method with the
     same network, starts from it, as the paper's methods all start from one ImageNet backbone."""
-    import dataclasses
     import hashlib
     from .learner import MethodConfig, method_config
     from .toy import default_root
@@ -287,7 +280,7 @@ def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
     m = method_config(cfg.method)
     stage = dataclasses.replace(cfg, method=MethodConfig(m.depth_block, m.feature_fusion, ()), iters=cfg.warm_start,
                                 warm_start=0, warm_start_recipe=None, seed=WARM_START_SEED, checkpoint_every=0,
-                                eval_every=cfg.warm_start, out=None, **_warm_start_recipe(cfg))  # validates once
+                                eval_every=cfg.warm_start, out=None, **warm_start_recipe(cfg.warm_start_recipe))  # validates once
     learn = build_run_learner(stage, None)
     with learn.no_logging(), learn.no_bar():
         _fit(learn, stage)
