@@ -142,7 +142,8 @@ def toy_rule(value) -> str | None:
     return f'a mapping of toy-pair settings ({", ".join(sorted(known))})'
 
 
-WARM_START_RECIPE = ('opt', 'lr', 'head_lr_mult', 'wd', 'bs', 'schedule')  # what the warm start may do its own way
+# what the warm start may do its own way
+WARM_START_RECIPE = ('opt', 'lr', 'head_lr_mult', 'wd', 'bs', 'schedule', 'lambda_depth')
 
 
 def warm_start_recipe(recipe: dict | None) -> dict:
@@ -214,7 +215,8 @@ class TrainConfig:
     augment: bool = option(False, 'random flips, scales and crops (off in the paper)')
     warm_start: int = option(0, 'iterations of a cached source-only stage of the run\'s network that every seed and '
                              'method starts from (0: none; toy pair: 300)', low=0, high=10 ** 9)
-    warm_start_recipe: dict | None = option(None, "the warm start's own optimizer, rates, batch size or schedule "
+    warm_start_recipe: dict | None = option(None, "the warm start's own optimizer, rates, batch size, schedule or "
+                                            "depth weight "
                                             f"(some of {', '.join(WARM_START_RECIPE)}; default: the run's)",
                                             check=warm_start_recipe_rule, cli=False)
     seed: int = option(1234, 'random seed (paper: 1234)', low=0, high=2 ** 32 - 1)

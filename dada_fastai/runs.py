@@ -250,6 +250,10 @@ def warm_start_key(cfg: TrainConfig) -> dict:
     key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
     if not m.depth_block:  # a network without the depth block learns nothing from depth
         del key['lambda_depth'], key['depth_scale'], key['fusion_bias']
+        recipe = key.pop('recipe', {})
+        recipe.pop('lambda_depth', None)
+        if recipe:  # a recipe of the depth weight alone keys as no recipe
+            key['recipe'] = recipe
     if cfg.source is None:  # the toy pair's folder name hashes all its settings
         from .toy import ToyConfig, config_key
         key['source'] = 'toy:' + config_key(ToyConfig(**(cfg.toy or {})))
@@ -261,7 +265,7 @@ def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
     """The segmenter after a source-only stage of `cfg.warm_start` iterations: the run's network (depth block
     and fusion as its method has them, no discriminator) trained on the run's source with the run's recipe
     (labels, and depth where the network predicts it; `warm_start_recipe` may give it its own optimizer, rates,
-    batch size or schedule), seed `WARM_START_SEED`. Trained once and cached under
+    batch size, schedule or depth weight), seed `WARM_START_SEED`. Trained once and cached under
     $DADA_FASTAI_CACHE/warm_start (or ~/.cache/dada_fastai/warm_start): every seed, and every method with the
     same network, starts from it, as the paper's methods all start from one ImageNet backbone."""
     import hashlib

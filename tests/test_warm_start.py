@@ -132,3 +132,28 @@ def test_warm_start_recipe_trains_the_warm_start_its_own_way(pair, tmp_path, mon
     for bad in ({'iters': 5}, {'bs': 0}, {'opt': 'lion'}, ['opt']):
         with pytest.raises(ConfigError, match='warm-start-recipe'):
             resolve_config(None, **tiny_options(*pair, warm_start=2, warm_start_recipe=bad))
+
+
+def test_warm_start_recipe_may_weigh_the_depth_loss_its_own_way(pair, tmp_path, monkeypatch):
+    """`lambda_depth` in the warm-start recipe trains the depth network's warm start with that weight; a network
+    without the depth block learns nothing from depth, so its warm start (and cache) is the recipe's without it."""
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
+    import dada_fastai.runs as runs
+    stages, build = [], runs.build_run_learner
+
+    def recording(cfg, *args, **kwargs):
+        stages.append(cfg)
+        return build(cfg, *args, **kwargs)
+    monkeypatch.setattr(runs, 'build_run_learner', recording)
+    heavy = resolve_config(None, **tiny_options(*pair, warm_start=2, warm_start_recipe={'lambda_depth': 4}))
+    same = resolve_config(None, **tiny_options(*pair, warm_start=2))
+    assert warm_start_key(heavy)['recipe'] == {'lambda_depth': 4.}
+    assert warm_start_weights(heavy) != warm_start_weights(same)
+    assert [s.lambda_depth for s in stages] == [4., same.lambda_depth] and heavy.lambda_depth == same.lambda_depth
+    for method in ('advent', 'source_only'):
+        plain = dict(method=method, warm_start=2)
+        assert warm_start_key(resolve_config(None, **tiny_options(*pair, **plain, warm_start_recipe={'lambda_depth': 4}))) \
+            == warm_start_key(resolve_config(None, **tiny_options(*pair, **plain)))
+    mixed = resolve_config(None, **tiny_options(*pair, method='advent', warm_start=2,
+                                                warm_start_recipe={'lambda_depth': 4, 'lr': 1e-3}))
+    assert warm_start_key(mixed)['recipe'] == {'lr': 1e-3}
