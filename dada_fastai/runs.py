@@ -244,16 +244,14 @@ def warm_start_key(cfg: TrainConfig) -> dict:
     for k in ('opt', 'head_lr_mult'):  # added later: at the paper's default, the key of the caches written before
         if getattr(cfg, k) != defaults[k]:
             key[k] = getattr(cfg, k)
-    if cfg.warm_start_recipe:
-        key['recipe'] = warm_start_recipe(cfg.warm_start_recipe)
+    recipe = warm_start_recipe(cfg.warm_start_recipe)
     m = method_config(cfg.method)
     key['network'] = {'depth_block': m.depth_block, 'feature_fusion': m.feature_fusion}
     if not m.depth_block:  # a network without the depth block learns nothing from depth
         del key['lambda_depth'], key['depth_scale'], key['fusion_bias']
-        recipe = key.pop('recipe', {})
         recipe.pop('lambda_depth', None)
-        if recipe:  # a recipe of the depth weight alone keys as no recipe
-            key['recipe'] = recipe
+    if recipe:  # none, or the depth weight alone on a plain network: the key of caches written before recipes
+        key['recipe'] = recipe
     if cfg.source is None:  # the toy pair's folder name hashes all its settings
         from .toy import ToyConfig, config_key
         key['source'] = 'toy:' + config_key(ToyConfig(**(cfg.toy or {})))

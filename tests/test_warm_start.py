@@ -16,6 +16,18 @@ def pair(tmp_path_factory):
     return tiny_pair(tmp_path_factory.mktemp('data'))
 
 
+def built_stages(monkeypatch) -> list:
+    """The configurations `runs.build_run_learner` builds from here on (the warm start's stage among them)."""
+    import dada_fastai.runs as runs
+    stages, build = [], runs.build_run_learner
+
+    def recording(cfg, *args, **kwargs):
+        stages.append(cfg)
+        return build(cfg, *args, **kwargs)
+    monkeypatch.setattr(runs, 'build_run_learner', recording)
+    return stages
+
+
 def test_warm_start_is_trained_once_and_shared(pair, tmp_path, monkeypatch):
     monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
     a = resolve_config(None, **tiny_options(*pair, warm_start=2, method='dada', seed=1))
@@ -114,14 +126,8 @@ def test_opt_and_head_lr_mult_choose_the_segmenters_optimizer(pair, tmp_path, mo
 
 def test_warm_start_recipe_trains_the_warm_start_its_own_way(pair, tmp_path, monkeypatch):
     monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
-    import dada_fastai.runs as runs
     from dada_fastai.config import ConfigError
-    stages, build = [], runs.build_run_learner
-
-    def recording(cfg, *args, **kwargs):
-        stages.append(cfg)
-        return build(cfg, *args, **kwargs)
-    monkeypatch.setattr(runs, 'build_run_learner', recording)
+    stages = built_stages(monkeypatch)
     own = resolve_config(None, **tiny_options(*pair, warm_start=2, warm_start_recipe={'opt': 'adamw', 'lr': '1e-3',
                                                                                       'bs': 1}))
     same = resolve_config(None, **tiny_options(*pair, warm_start=2))
@@ -138,13 +144,7 @@ def test_warm_start_recipe_may_weigh_the_depth_loss_its_own_way(pair, tmp_path, 
     """`lambda_depth` in the warm-start recipe trains the depth network's warm start with that weight; a network
     without the depth block learns nothing from depth, so its warm start (and cache) is the recipe's without it."""
     monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
-    import dada_fastai.runs as runs
-    stages, build = [], runs.build_run_learner
-
-    def recording(cfg, *args, **kwargs):
-        stages.append(cfg)
-        return build(cfg, *args, **kwargs)
-    monkeypatch.setattr(runs, 'build_run_learner', recording)
+    stages = built_stages(monkeypatch)
     heavy = resolve_config(None, **tiny_options(*pair, warm_start=2, warm_start_recipe={'lambda_depth': 4}))
     same = resolve_config(None, **tiny_options(*pair, warm_start=2))
     assert warm_start_key(heavy)['recipe'] == {'lambda_depth': 4.}
