@@ -124,7 +124,7 @@ class ToyConfig:
     n_target_val: int = 50
     seed: int = 0
     source_height: float = 1.8  # camera height, metres (drawn per image around it: 1.1 to 3 m)
-    source_fov: float = 90.0  # horizontal field of view, degrees (drawn per image: 60 to 100)
+    source_fov: float = 90.0  # horizontal field of view, degrees: one lens for every image, as SYNTHIA's
     source_horizon: float = 0.5  # horizon row / image height
     target_height: float = 1.3
     target_fov: float = 70.0
@@ -134,21 +134,25 @@ class ToyConfig:
     noise: float = 0.025  # target grain, standard deviation in [0, 1] intensity
     blur: float = 0.7  # target Gaussian blur, sigma in pixels
     source_variety: float = 0.3  # source colour and texture randomisation per object and image (0: flat colours)
-    source_camera_spread: float = 1.0  # source viewpoints drawn per image around the source camera (0: fixed)
+    source_camera_spread: float = 1.0  # source viewpoints (height, horizon) drawn per image around the configured
+                                       # ones (0: fixed)
+    source_fov_spread: float = 0.0  # source fields of view drawn per image around source_fov (1: 60 to 100 degrees;
+                                    # toy v7 drew them so)
 
     def camera(self, domain: str, rng: np.random.Generator | None = None) -> Camera:
         """The camera of 'source' or 'target'. Given `rng`, a source camera is drawn at random around the
-        configured one (`source_camera_spread`), as SYNTHIA-RAND's random viewpoints; the target's is fixed,
-        as a car's."""
+        configured one (`source_camera_spread`), as SYNTHIA-RAND's random viewpoints, through one lens (as SYNTHIA's
+        single focal length, unless `source_fov_spread`); the target's is fixed, as a car's."""
         if domain not in DOMAINS:
             raise ValueError(f'unknown domain {domain!r}; valid: {DOMAINS}')
         p = domain + '_'
         height, fov, horizon = (getattr(self, p + k) for k in ('height', 'fov', 'horizon'))
-        spread = self.source_camera_spread if domain == 'source' and rng is not None else 0
-        if spread > 0:
-            height *= np.exp(rng.uniform(-0.5, 0.5) * spread)
-            fov = float(np.clip(fov * np.exp(rng.uniform(-0.4, 0.1) * spread), 30, 120))
-            horizon = float(np.clip(horizon + rng.uniform(-0.15, 0.1) * spread, 0.2, 0.8))
+        spread, lens = self.source_camera_spread, self.source_fov_spread
+        if domain == 'source' and rng is not None and (spread > 0 or lens > 0):
+            up, zoom, tilt = rng.uniform(-0.5, 0.5), rng.uniform(-0.4, 0.1), rng.uniform(-0.15, 0.1)
+            height *= np.exp(up * spread)
+            fov = float(np.clip(fov * np.exp(zoom * lens), 30, 120)) if lens > 0 else fov
+            horizon = float(np.clip(horizon + tilt * spread, 0.2, 0.8))
         return Camera(tuple(self.size), height, fov, horizon)
 
 
@@ -477,7 +481,7 @@ def config_key(cfg: ToyConfig) -> str:
     return f'{cfg.size[0]}x{cfg.size[1]}_seed{cfg.seed}_{digest}'
 
 
-TOY_VERSION = 7  # bumped whenever the rendering changes, so that caches of older renders are not reused
+TOY_VERSION = 8  # bumped whenever the rendering changes, so that caches of older renders are not reused
 
 
 def _config_json(cfg: ToyConfig) -> str:

@@ -1,6 +1,7 @@
 """Tests of the procedural toy domain pair (dada_fastai.toy)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -223,13 +224,26 @@ def test_source_viewpoints_are_random_and_the_target_camera_fixed():
     assert ToyConfig(source_camera_spread=0).camera('source', rng(0, 'source')) == ToyConfig().camera('source')
 
 
+def test_the_source_has_one_lens_as_synthia_unless_its_fov_is_drawn_too():
+    # SYNTHIA renders every viewpoint with one focal length (532.74 px at 1280 wide); toy v7 drew the lens per image
+    rng = lambda i: scene_rng(SMALL.seed, 'source', i)
+    one_lens = [SMALL.camera('source', rng(i)) for i in range(6)]
+    assert {c.fov for c in one_lens} == {SMALL.source_fov} and len({c.horizon for c in one_lens}) == 6
+    drawn = [dataclasses.replace(SMALL, source_fov_spread=1.).camera('source', rng(i)) for i in range(6)]
+    assert len({c.fov for c in drawn}) == 6 and all(60 <= c.fov <= 100 for c in drawn)
+    # the lens's draw is made either way, so that the viewpoints (and the scenes after them) are the same
+    assert [(c.height, c.horizon) for c in drawn] == [(c.height, c.horizon) for c in one_lens]
+
+
 def test_the_target_camera_is_among_the_source_viewpoints():
     # SYNTHIA-RAND's random viewpoints include street-level ones: the target's fixed camera lies inside the range of
-    # the source's random heights, fields of view and horizons (what differs is the distribution, not its support)
+    # the source's random heights and horizons (what differs is the distribution, not its support); its lens is
+    # narrower than the source's one lens, as Cityscapes' (49 degrees) is narrower than SYNTHIA's (100)
     cfg = ToyConfig()
     source = [cfg.camera('source', scene_rng(cfg.seed, 'source', i)) for i in range(400)]
     target = cfg.camera('target')
-    for attr in ('height', 'fov', 'horizon'):
+    assert target.fov < min(c.fov for c in source)
+    for attr in ('height', 'horizon'):
         values = [getattr(c, attr) for c in source]
         assert min(values) < getattr(target, attr) < max(values), attr
     assert abs(np.median([c.height for c in source]) - target.height) > 0.3  # the camera gap stays
