@@ -9,6 +9,7 @@ it are skipped, so an interrupted benchmark continues where it stopped.
     python benchmarks/toy_gap.py                       # 4 methods x 3 seeds, the CLI's toy defaults
     python benchmarks/toy_gap.py --methods source_only,oracle --seeds 0 --iters 300
     python benchmarks/toy_gap.py --methods source_only,dada --set lambda_adv=1e-2   # another setting
+    python benchmarks/toy_gap.py --methods dada --seeds 0 --save models   # keep the model: models/dada_seed0.safetensors
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dada_fastai.checkpoint import export_inference
 from dada_fastai.config import resolve_config
 from dada_fastai.runs import build_run_learner, resolve_device, resolve_precision
 from dada_fastai.toy import ToyConfig, config_key, make_toy_pair
@@ -49,9 +51,15 @@ def run_one(method: str, seed: int, args) -> dict:
             stack.enter_context(learn.no_logging())
         learn.fit_iters(cfg.iters, lr=cfg.lr, schedule=cfg.schedule)
         res = learn.evaluate()
+    seconds = round(time.time() - started, 1)
+    saved = {}
+    if args.save:  # the trained model, for benchmarks/toy_depth.py, fusion_gate.py or `dada-fastai predict`
+        path = Path(args.save) / f'{method}_seed{seed}.safetensors'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved['model'] = str(export_inference(learn, path))
     return dict(method=method, seed=seed, iters=cfg.iters, arch=cfg.arch, size=cfg.source_size,
                 toy=config_key(toy), overrides=_overrides_key(args.overrides), miou=res['miou'],
-                per_class=res['per_class'], depth=res.get('depth'), seconds=round(time.time() - started, 1))
+                per_class=res['per_class'], depth=res.get('depth'), seconds=seconds, **saved)
 
 
 def _overrides_key(overrides: dict) -> str:
@@ -160,6 +168,9 @@ def main(argv=None):
     p.add_argument('--json', default='toy_gap.json', help='per-run results, appended as runs finish')
     p.add_argument('--verbose', action='store_true', help="print fastai's per-epoch table")
     p.add_argument('--figure', default=None, help='also draw the bar chart of the methods\' mIoU into this PNG')
+    p.add_argument('--save', default=None, metavar='DIR',
+                   help='also export each trained model to DIR/METHOD_seedN.safetensors (loadable by '
+                        'dada_fastai.inference.load_model, benchmarks/toy_depth.py, benchmarks/fusion_gate.py)')
     p.add_argument('--set', action='append', default=[], metavar='OPTION=VALUE',
                    help='another training option for every run (e.g. lambda_adv=1e-2); repeatable')
     args = p.parse_args(argv)
