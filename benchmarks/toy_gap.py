@@ -10,6 +10,7 @@ it are skipped, so an interrupted benchmark continues where it stopped.
     python benchmarks/toy_gap.py --methods source_only,oracle --seeds 0 --iters 300
     python benchmarks/toy_gap.py --methods source_only,dada --set lambda_adv=1e-2   # another setting
     python benchmarks/toy_gap.py --methods dada --seeds 0 --save models   # keep the model: models/dada_seed0.safetensors
+    python benchmarks/toy_gap.py --config my_recipe.yaml --set fusion_bias=null   # a preset; PyTorch's initialisation
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from dada_fastai.checkpoint import export_inference
-from dada_fastai.config import resolve_config
+from dada_fastai.config import ConfigError, TrainConfig, check_config, load_preset, resolve_config
 from dada_fastai.runs import build_run_learner, resolve_device, resolve_precision
 from dada_fastai.toy import ToyConfig, config_key, make_toy_pair
 
@@ -33,11 +34,11 @@ METHODS = {'source_only': 'S1 source only', 'advent': 'S2 AdvEnt', 'dada': 'S7 D
 
 def run_one(method: str, seed: int, args) -> dict:
     """Train one run with the toy defaults and return its target-validation results."""
-    options = dict(args.overrides, method='source_only' if method == 'oracle' else method, seed=seed,
-                   iters=args.iters, arch=args.arch, device=args.device)
+    options = dict(method='source_only' if method == 'oracle' else method, seed=seed, iters=args.iters,
+                   arch=args.arch, device=args.device)
     if args.size:
         options.update(source_size=args.size, target_size=args.size)
-    cfg = resolve_config(**options)  # no source/target: the built-in toy pair and its defaults
+    cfg = run_config(args, **options)  # no source/target: the built-in toy pair and its defaults
     toy = ToyConfig(**(cfg.toy or {}))
     if method == 'oracle':  # the target's labelled train split as the source (its warm start too)
         cityscapes = f'cityscapes:{make_toy_pair(cfg=toy)[1]}'
@@ -58,8 +59,20 @@ def run_one(method: str, seed: int, args) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         saved['model'] = str(export_inference(learn, path))
     return dict(method=method, seed=seed, iters=cfg.iters, arch=cfg.arch, size=cfg.source_size,
-                toy=config_key(toy), overrides=_overrides_key(args.overrides), miou=res['miou'],
+                toy=config_key(toy), overrides=_overrides_key(args.setting), miou=res['miou'],
                 per_class=res['per_class'], depth=res.get('depth'), seconds=seconds, **saved)
+
+
+def run_config(args, **options) -> TrainConfig:
+    """A run's configuration: the toy defaults, then the preset of --config, then the --set values, then `options`.
+    An explicit null (`--set fusion_bias=null`) sets the option to its None (PyTorch's default initialisation, for
+    `fusion_bias`), which `resolve_config` would take for 'not given'."""
+    cfg = resolve_config(args.config, **{**args.overrides, **options})
+    for name, value in args.overrides.items():
+        if value is None and name not in options:
+            setattr(cfg, name, None)
+    check_config(cfg)
+    return cfg
 
 
 def _overrides_key(overrides: dict) -> str:
@@ -171,8 +184,12 @@ def main(argv=None):
     p.add_argument('--save', default=None, metavar='DIR',
                    help='also export each trained model to DIR/METHOD_seedN.safetensors (loadable by '
                         'dada_fastai.inference.load_model, benchmarks/toy_depth.py, benchmarks/fusion_gate.py)')
+    p.add_argument('--config', default=None, metavar='PRESET',
+                   help='a preset (YAML file or name) applied over the toy defaults for every run, as '
+                        '`dada-fastai train --config`')
     p.add_argument('--set', action='append', default=[], metavar='OPTION=VALUE',
-                   help='another training option for every run (e.g. lambda_adv=1e-2); repeatable')
+                   help='another training option for every run, over the preset (e.g. lambda_adv=1e-2; '
+                        'fusion_bias=null for PyTorch\'s default); repeatable')
     args = p.parse_args(argv)
     args.overrides = _parse_set(args.set)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
@@ -183,7 +200,11 @@ def main(argv=None):
         p.error(f'unknown method {bad[0]!r}; valid: {", ".join(dict.fromkeys([*METHODS, *LEARNER_METHODS]))}')
     if args.threads:
         torch.set_num_threads(args.threads)
-    defaults = resolve_config()
+    try:
+        args.setting = {**(load_preset(args.config) if args.config else {}), **args.overrides}
+        defaults = run_config(args)  # what every run shares (and a bad option's one line, before any training)
+    except ConfigError as e:
+        p.error(str(e))
     args.iters = args.iters or defaults.iters
     args.arch = args.arch or defaults.arch
     size = args.size or defaults.source_size
@@ -195,7 +216,7 @@ def main(argv=None):
     started = time.time()
     for seed in seeds:
         for m in methods:
-            key = (m, seed, args.iters, args.arch, size, toy, _overrides_key(args.overrides))
+            key = (m, seed, args.iters, args.arch, size, toy, _overrides_key(args.setting))
             if key in done:
                 print(f'{m} seed {seed}: already in {path}, skipped', flush=True)
                 continue
@@ -203,9 +224,9 @@ def main(argv=None):
             results.append(r)
             path.write_text(json.dumps(results, indent=1))
             print(f'{m} seed {seed}: mIoU {r["miou"]:.2f} in {r["seconds"]:.0f} s', flush=True)
-    setting = (args.iters, args.arch, size, toy, _overrides_key(args.overrides))
+    setting = (args.iters, args.arch, size, toy, _overrides_key(args.setting))
     mine = [r for r in results if _key(r)[2:] == setting]
-    extra = f', {_overrides_key(args.overrides)}' if args.overrides else ''
+    extra = f', {_overrides_key(args.setting)}' if args.setting else ''
     title = (f'Toy pair {toy}: target-val mIoU (%), 7 classes, {args.arch}, {size}, {args.iters} iterations'
              f'{extra}, {len(seeds)} seed(s)')
     t, means = table(mine, methods, seeds, title)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+TINY = ['--seeds', '0', '--size', '32x64', '--device', 'cpu', '--set', 'warm_start=0',
+        '--set', 'toy={size: [32, 64], n_source: 8, n_target_train: 8, n_target_val: 2}']
 
 
 @pytest.fixture
@@ -22,10 +24,8 @@ def toy_gap(monkeypatch, tmp_path):
 def test_toy_gap_saves_each_trained_model_where_its_result_says(toy_gap, tmp_path):
     from dada_fastai.inference import load_model
     results, models = tmp_path / 'results.json', tmp_path / 'models'
-    toy_gap.main(['--methods', 'source_only,dada', '--seeds', '0', '--iters', '2', '--size', '32x64',
-                  '--device', 'cpu', '--json', str(results), '--save', str(models),
-                  '--set', 'warm_start=0', '--set', 'toy={size: [32, 64], n_source: 8, n_target_train: 8, '
-                  'n_target_val: 2}'])
+    toy_gap.main(['--methods', 'source_only,dada', '--iters', '2', '--json', str(results), '--save', str(models),
+                  *TINY])
     recorded = {r['method']: r for r in json.loads(results.read_text())}
     assert {m: Path(r['model']) for m, r in recorded.items()} == {
         'source_only': models / 'source_only_seed0.safetensors', 'dada': models / 'dada_seed0.safetensors'}
@@ -34,10 +34,35 @@ def test_toy_gap_saves_each_trained_model_where_its_result_says(toy_gap, tmp_pat
     assert dada.n_classes == 7 and dada.arch == 'resnet10t' and dada.target_size == (32, 64)
 
 
-def test_toy_gap_keeps_no_model_unless_asked(toy_gap, tmp_path):
+def test_toy_gap_keeps_no_model_unless_asked_and_skips_what_its_json_holds(toy_gap, tmp_path, capsys):
     results = tmp_path / 'results.json'
-    toy_gap.main(['--methods', 'source_only', '--seeds', '0', '--iters', '1', '--size', '32x64', '--device', 'cpu',
-                  '--json', str(results), '--set', 'warm_start=0',
-                  '--set', 'toy={size: [32, 64], n_source: 8, n_target_train: 8, n_target_val: 2}'])
+    toy_gap.main(['--methods', 'source_only', '--iters', '1', '--json', str(results), *TINY])
     assert 'model' not in json.loads(results.read_text())[0]
     assert not list(tmp_path.rglob('*.safetensors'))
+    capsys.readouterr()
+    toy_gap.main(['--methods', 'source_only', '--iters', '1', '--json', str(results), *TINY])  # the same toy
+    out = capsys.readouterr().out
+    assert 'source_only seed 0: already in' in out and 'S1 source only' in out
+    assert len(json.loads(results.read_text())) == 1
+
+
+def test_toy_gap_takes_a_preset_and_an_explicit_null(toy_gap, tmp_path, monkeypatch):
+    built = []
+    real = toy_gap.build_run_learner
+    monkeypatch.setattr(toy_gap, 'build_run_learner', lambda cfg: built.append(cfg) or real(cfg))
+    preset = tmp_path / 'recipe.yaml'
+    preset.write_text('lambda_adv: 0.002\nd_lr: 0.0003\nfusion_bias: 0.5\n')
+    results = tmp_path / 'results.json'
+    toy_gap.main(['--methods', 'dada', '--iters', '1', '--json', str(results), '--config', str(preset),
+                  '--set', 'd_lr=4e-4', '--set', 'fusion_bias=null', *TINY])
+    (cfg,) = built
+    assert (cfg.lambda_adv, cfg.d_lr, cfg.fusion_bias) == (0.002, 4e-4, None)  # --set over the preset
+    assert cfg.lr == 2e-3 and cfg.arch == 'resnet10t'  # the toy defaults under both
+    assert 'fusion_bias=None' in json.loads(results.read_text())[0]['overrides']
+
+
+def test_toy_gap_refuses_a_bad_option_before_training(toy_gap, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        toy_gap.main(['--json', str(tmp_path / 'r.json'), '--set', 'bs=null'])
+    assert e.value.code == 2 and 'bs' in capsys.readouterr().err
+    assert not (tmp_path / 'r.json').exists() and not (tmp_path / 'cache').exists()
