@@ -9,7 +9,7 @@ it are skipped, so an interrupted benchmark continues where it stopped.
     python benchmarks/toy_gap.py                       # 4 methods x 3 seeds, the CLI's toy defaults
     python benchmarks/toy_gap.py --methods source_only,oracle --seeds 0 --iters 300
     python benchmarks/toy_gap.py --methods source_only,dada --set lambda_adv=1e-2   # another setting
-    python benchmarks/toy_gap.py --methods dada --seeds 0 --save models   # keep the model: models/dada_seed0.safetensors
+    python benchmarks/toy_gap.py --methods dada --seeds 0 --save models   # keeps models/dada_seed0.safetensors
     python benchmarks/toy_gap.py --config my_recipe.yaml --set fusion_bias=null   # a preset; PyTorch's initialisation
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ METHODS = {'source_only': 'S1 source only', 'advent': 'S2 AdvEnt', 'dada': 'S7 D
 def run_one(method: str, seed: int, args) -> dict:
     """Train one run with the toy defaults and return its target-validation results."""
     options = dict(method='source_only' if method == 'oracle' else method, seed=seed, iters=args.iters,
-                   arch=args.arch, device=args.device)
+                   arch=args.arch, device=args.device)  # device None: the setting's, else auto
     if args.size:
         options.update(source_size=args.size, target_size=args.size)
     cfg = run_config(args, **options)  # no source/target: the built-in toy pair and its defaults
@@ -176,14 +176,15 @@ def main(argv=None):
     p.add_argument('--arch', default=None, help='timm backbone (default: the toy default, resnet10t)')
     p.add_argument('--size', default=None, help='HxW of training and validation images (default: the toy default, 96x192)')
     p.add_argument('--methods', default=','.join(METHODS), help=f'comma-separated, among {", ".join(METHODS)}')
-    p.add_argument('--device', default='auto')
+    p.add_argument('--device', default=None, help='auto (default), cpu, cuda or cuda:N')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--json', default='toy_gap.json', help='per-run results, appended as runs finish')
     p.add_argument('--verbose', action='store_true', help="print fastai's per-epoch table")
     p.add_argument('--figure', default=None, help='also draw the bar chart of the methods\' mIoU into this PNG')
     p.add_argument('--save', default=None, metavar='DIR',
                    help='also export each trained model to DIR/METHOD_seedN.safetensors (loadable by '
-                        'dada_fastai.inference.load_model, benchmarks/toy_depth.py, benchmarks/fusion_gate.py)')
+                        'dada_fastai.inference.load_model, benchmarks/toy_depth.py, benchmarks/fusion_gate.py); '
+                        'one folder per setting, as a run of the same method and seed replaces the file')
     p.add_argument('--config', default=None, metavar='PRESET',
                    help='a preset (YAML file or name) applied over the toy defaults for every run, as '
                         '`dada-fastai train --config`')
@@ -202,6 +203,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         args.setting = {**(load_preset(args.config) if args.config else {}), **args.overrides}
+        own = sorted(set(args.setting) & {'method', 'seed', 'source', 'target'})
+        if own:  # what this benchmark sets itself (--methods, --seeds; the toy pair, the oracle's target)
+            raise ConfigError(f'{own[0]} is set by toy_gap.py itself (--methods, --seeds, the toy pair), not by '
+                              f'--config or --set')
         defaults = run_config(args)  # what every run shares (and a bad option's one line, before any training)
     except ConfigError as e:
         p.error(str(e))
@@ -218,7 +223,8 @@ def main(argv=None):
         for m in methods:
             key = (m, seed, args.iters, args.arch, size, toy, _overrides_key(args.setting))
             if key in done:
-                print(f'{m} seed {seed}: already in {path}, skipped', flush=True)
+                saved = ' (not saved: delete its row to train it again)' if args.save else ''
+                print(f'{m} seed {seed}: already in {path}, skipped{saved}', flush=True)
                 continue
             r = run_one(m, seed, args)
             results.append(r)

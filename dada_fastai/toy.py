@@ -150,9 +150,11 @@ class ToyConfig:
         spread, lens = self.source_camera_spread, self.source_fov_spread
         if domain == 'source' and rng is not None and (spread > 0 or lens > 0):
             up, zoom, tilt = rng.uniform(-0.5, 0.5), rng.uniform(-0.4, 0.1), rng.uniform(-0.15, 0.1)
-            height *= np.exp(up * spread)
-            fov = float(np.clip(fov * np.exp(zoom * lens), 30, 120)) if lens > 0 else fov
-            horizon = float(np.clip(horizon + tilt * spread, 0.2, 0.8))
+            if spread > 0:
+                height = float(height * np.exp(up * spread))
+                horizon = float(np.clip(horizon + tilt * spread, 0.2, 0.8))
+            if lens > 0:
+                fov = float(np.clip(fov * np.exp(zoom * lens), 30, 120))
         return Camera(tuple(self.size), height, fov, horizon)
 
 

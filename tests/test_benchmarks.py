@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
-TINY = ['--seeds', '0', '--size', '32x64', '--device', 'cpu', '--set', 'warm_start=0',
+TINY = ['--seeds', '0', '--size', '32x64', '--set', 'warm_start=0',
         '--set', 'toy={size: [32, 64], n_source: 8, n_target_train: 8, n_target_val: 2}']
 
 
@@ -51,18 +51,21 @@ def test_toy_gap_takes_a_preset_and_an_explicit_null(toy_gap, tmp_path, monkeypa
     real = toy_gap.build_run_learner
     monkeypatch.setattr(toy_gap, 'build_run_learner', lambda cfg: built.append(cfg) or real(cfg))
     preset = tmp_path / 'recipe.yaml'
-    preset.write_text('lambda_adv: 0.002\nd_lr: 0.0003\nfusion_bias: 0.5\n')
+    preset.write_text('lambda_adv: 0.002\nd_lr: 0.0003\nfusion_bias: 0.5\ndevice: cpu\n')
     results = tmp_path / 'results.json'
     toy_gap.main(['--methods', 'dada', '--iters', '1', '--json', str(results), '--config', str(preset),
                   '--set', 'd_lr=4e-4', '--set', 'fusion_bias=null', *TINY])
     (cfg,) = built
     assert (cfg.lambda_adv, cfg.d_lr, cfg.fusion_bias) == (0.002, 4e-4, None)  # --set over the preset
     assert cfg.lr == 2e-3 and cfg.arch == 'resnet10t'  # the toy defaults under both
+    assert cfg.device == 'cpu'  # the preset's: --device is not given
     assert 'fusion_bias=None' in json.loads(results.read_text())[0]['overrides']
 
 
-def test_toy_gap_refuses_a_bad_option_before_training(toy_gap, tmp_path, capsys):
+@pytest.mark.parametrize('bad, says', [('bs=null', 'bs must be a positive integer'),
+                                       ('seed=3', 'seed is set by toy_gap.py itself')])
+def test_toy_gap_refuses_a_bad_option_before_training(toy_gap, tmp_path, capsys, bad, says):
     with pytest.raises(SystemExit) as e:
-        toy_gap.main(['--json', str(tmp_path / 'r.json'), '--set', 'bs=null'])
-    assert e.value.code == 2 and 'bs' in capsys.readouterr().err
+        toy_gap.main(['--json', str(tmp_path / 'r.json'), '--set', bad])
+    assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / 'r.json').exists() and not (tmp_path / 'cache').exists()

@@ -231,11 +231,22 @@ def test_the_source_has_one_lens_as_synthia_unless_its_fov_is_drawn_too():
     assert {c.fov for c in one_lens} == {SMALL.source_fov} and len({c.horizon for c in one_lens}) == 6
     drawn = [dataclasses.replace(SMALL, source_fov_spread=1.).camera('source', rng(i)) for i in range(6)]
     assert len({c.fov for c in drawn}) == 6 and all(60 <= c.fov <= 100 for c in drawn)
-    # the lens's draw is made either way, so that the viewpoints (and the scenes after them) are the same
+    # the lens's draw is made either way, so that the viewpoints, and the scenes drawn after them, are the same
     assert [(c.height, c.horizon) for c in drawn] == [(c.height, c.horizon) for c in one_lens]
+    after = []
+    for cfg in (SMALL, dataclasses.replace(SMALL, source_fov_spread=1.)):
+        r = rng(0)
+        cfg.camera('source', r)
+        after.append(r.bit_generator.state)
+    assert after[0] == after[1]
+    # a fixed viewpoint with a drawn lens: only the field of view moves
+    lens_only = dataclasses.replace(SMALL, source_camera_spread=0., source_fov_spread=1.)
+    cams = [lens_only.camera('source', rng(i)) for i in range(6)]
+    assert {(c.height, c.horizon) for c in cams} == {(SMALL.source_height, SMALL.source_horizon)}
+    assert len({c.fov for c in cams}) == 6
 
 
-def test_the_target_camera_is_among_the_source_viewpoints():
+def test_the_target_height_and_horizon_are_among_the_source_viewpoints_its_lens_narrower():
     # SYNTHIA-RAND's random viewpoints include street-level ones: the target's fixed camera lies inside the range of
     # the source's random heights and horizons (what differs is the distribution, not its support); its lens is
     # narrower than the source's one lens, as Cityscapes' (49 degrees) is narrower than SYNTHIA's (100)
