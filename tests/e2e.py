@@ -28,6 +28,20 @@ def tiny_options(source: str, target: str, **overrides) -> dict:
     return opts
 
 
+def built_stages(monkeypatch, caller=None) -> list:
+    """The configurations `build_run_learner` builds from here on when `caller` (a module that imported it; default
+    `dada_fastai.runs`, whose warm start builds its stage through it) calls it."""
+    if caller is None:
+        import dada_fastai.runs as caller
+    stages, build = [], caller.build_run_learner
+
+    def recording(cfg, *args, **kwargs):
+        stages.append(cfg)
+        return build(cfg, *args, **kwargs)
+    monkeypatch.setattr(caller, 'build_run_learner', recording)
+    return stages
+
+
 def cli_args(opts: dict) -> list[str]:
     """Options as `dada-fastai train` flags."""
     args = []

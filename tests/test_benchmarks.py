@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from e2e import built_stages
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
 TINY = ['--seeds', '0', '--size', '32x64', '--set', 'warm_start=0',
         '--set', 'toy={size: [32, 64], n_source: 8, n_target_train: 8, n_target_val: 2}']
@@ -47,9 +49,7 @@ def test_toy_gap_keeps_no_model_unless_asked_and_skips_what_its_json_holds(toy_g
 
 
 def test_toy_gap_takes_a_preset_and_an_explicit_null(toy_gap, tmp_path, monkeypatch):
-    built = []
-    real = toy_gap.build_run_learner
-    monkeypatch.setattr(toy_gap, 'build_run_learner', lambda cfg: built.append(cfg) or real(cfg))
+    built = built_stages(monkeypatch, toy_gap)
     preset = tmp_path / 'recipe.yaml'
     preset.write_text('lambda_adv: 0.002\nd_lr: 0.0003\nfusion_bias: 0.5\ndevice: cpu\n')
     results = tmp_path / 'results.json'

@@ -8,24 +8,12 @@ import torch
 from dada_fastai.config import resolve_config
 from dada_fastai.learner import method_config
 from dada_fastai.runs import train, warm_start_key, warm_start_weights
-from e2e import tiny_options, tiny_pair
+from e2e import built_stages, tiny_options, tiny_pair
 
 
 @pytest.fixture(scope='module')
 def pair(tmp_path_factory):
     return tiny_pair(tmp_path_factory.mktemp('data'))
-
-
-def built_stages(monkeypatch) -> list:
-    """The configurations `runs.build_run_learner` builds from here on (the warm start's stage among them)."""
-    import dada_fastai.runs as runs
-    stages, build = [], runs.build_run_learner
-
-    def recording(cfg, *args, **kwargs):
-        stages.append(cfg)
-        return build(cfg, *args, **kwargs)
-    monkeypatch.setattr(runs, 'build_run_learner', recording)
-    return stages
 
 
 def test_warm_start_is_trained_once_and_shared(pair, tmp_path, monkeypatch):
