@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from .model import WeightsError
+from .errors import CheckpointError
+from .run_folder import EXPORT_FILE, LAST_CHECKPOINT, RunFolder
+from .storage import atomic_write_bytes
 
 __all__ = ['CheckpointError', 'atomic_write_bytes', 'training_state', 'save_checkpoint', 'load_checkpoint',
            'restore_training_state', 'Checkpointer', 'ResumeFrom', 'export_inference', 'load_inference_file',
@@ -21,47 +21,6 @@ __all__ = ['CheckpointError', 'atomic_write_bytes', 'training_state', 'save_chec
 
 CHECKPOINT_FORMAT = 'dada-fastai-checkpoint-v1'
 EXPORT_FORMAT = 'dada-fastai-export-v1'
-
-
-class CheckpointError(WeightsError):
-    """A checkpoint that cannot be used (missing, truncated, unsafe, or for another model)."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, keep: str | Path | None = None) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename: a crash
-    or a full disk leaves the previous file intact. With `keep`, the previous file also becomes `keep` (a hard link,
-    or a copy where links are not supported) once the new one is complete: `path` never goes missing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep is not None and path.exists():
-            _keep_previous(path, Path(keep))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _keep_previous(path: Path, keep: Path) -> None:
-    """Make `keep` a copy of `path` (a hard link where the filesystem has them), atomically, leaving `path` as it is."""
-    tmp = keep.with_name(f'.{keep.name}.{os.getpid()}.tmp')
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(path, tmp)
-        except OSError:
-            import shutil
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, keep)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _rng_state() -> dict:
@@ -139,7 +98,7 @@ def load_checkpoint(path: str | Path) -> dict:
     unsafe files."""
     path = Path(path)
     if path.is_dir():
-        path = path / 'last.pth'
+        path = RunFolder(path).last
     if not path.is_file():
         raise CheckpointError(f'checkpoint not found: {path}')
     if path.stat().st_size == 0:
@@ -189,19 +148,21 @@ def restore_training_state(learn, state: dict, path: str | Path = 'checkpoint') 
 
 class Checkpointer(Callback):
     """Save `last.pth` every `every` iterations and at the end of training (atomically), keeping the
-    previous one as `prev.pth`; only the main process writes."""
+    previous one as `prev.pth`; only the main process writes. `saved_at` is the iteration of the last checkpoint
+    written (or resumed from)."""
     order = 90  # after the discriminator step
 
     def __init__(self, run_dir: str | Path, every: int = 2000):
-        self.run_dir, self.every = Path(run_dir), every
+        self.folder, self.every = RunFolder(run_dir), every
         self.rotate = True  # the current last.pth becomes prev.pth at the next save (not when it is damaged)
+        self.saved_at = None
 
     def _save(self):
         from fastai.torch_core import num_distrib, rank_distrib
         if rank_distrib() != 0:
             return
-        last = self.run_dir / 'last.pth'
-        keep, self.rotate = (self.run_dir / 'prev.pth' if self.rotate else None), True
+        last = self.folder.last
+        keep, self.rotate = (self.folder.prev if self.rotate else None), True
         inner = getattr(self.dl, 'dl', self.dl)  # the paired DataLoader, also inside fastai's DistributedDL
         # batches of the epoch done, counted over all processes
         epoch, done = self.epoch, getattr(inner, 'skip', 0) + (self.iter + 1) * max(num_distrib(), 1)
@@ -223,8 +184,9 @@ class Checkpointer(Callback):
             self.saved_at = self.train_iter
 
     def after_fit(self):
-        if getattr(self, 'saved_at', None) != self.train_iter and self.train_iter > 0:
+        if self.saved_at != self.train_iter and self.train_iter > 0:
             self._save()
+            self.saved_at = self.train_iter
 
 
 class ResumeFrom(Callback):
@@ -267,12 +229,10 @@ def load_inference_file(path: str | Path) -> tuple[dict, dict]:
     """(state dict, metadata) of an exported model, or of a training checkpoint."""
     path = Path(path)
     if path.is_dir():
-        for name in ('export.safetensors', 'last.pth'):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f'no export.safetensors or last.pth in {path}')
+        found = RunFolder(path).model_file()
+        if found is None:
+            raise CheckpointError(f'no {EXPORT_FILE} or {LAST_CHECKPOINT} in {path}')
+        path = found
     if path.suffix == '.safetensors':
         from safetensors import safe_open
         if not path.is_file():

@@ -32,7 +32,7 @@ BOOL = {'action': _Toggle}
 
 
 def _methods() -> list[str]:
-    from .learner import METHODS
+    from .methods import METHODS
     return list(METHODS)
 
 
@@ -60,8 +60,10 @@ def train(
             console.print('[bold]No --source/--target given: training on the built-in synthetic-to-real toy pair.[/]')
         res = train_run(cfg, console=console)
     _print_iou(res, f'target validation after {res["iters"]} iterations ({res["seconds"]:.0f} s)')
-    console.print(f'run folder: {res["run_dir"]}  (results.png, results.json, history.csv, curves.png, last.pth, '
-                  'export.safetensors)')
+    from .run_folder import RunFolder
+    folder = RunFolder(res['run_dir'])
+    files = [folder.picture, folder.results, folder.history, folder.curves, folder.last, folder.export]
+    console.print(f'run folder: {folder.path}  ({", ".join(f.name for f in files if f.exists())})')
     return 0
 
 
@@ -164,7 +166,7 @@ def data_report(
 ):
     """Check dataset layouts and every file (all damaged files are listed); count items per split, pixels per
     class and the depth range."""
-    from .report import data_report as report, print_report
+    from .data_report import data_report as report, print_report
     res = report(source, target, n_classes=classes)
     if json_out:
         print(json.dumps(res))

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from .errors import UserError
+from .errors import ConfigError
+from .run_folder import RunFolder, read_mapping
 
 __all__ = ['TrainConfig', 'Option', 'option', 'train_options', 'check_option', 'check_config', 'describe', 'flag',
            'option_choices', 'value_type', 'dataset_spec_rule', 'size_rule', 'device_rule',
@@ -22,10 +22,6 @@ __all__ = ['TrainConfig', 'Option', 'option', 'train_options', 'check_option', '
            'WARM_START_RECIPE', 'warm_start_recipe']
 
 PRESET_DIR = Path(__file__).parent / 'presets'
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration that cannot be used (bad YAML, unknown key, bad value)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -65,7 +61,7 @@ def dataset_spec_rule(value: str) -> str | None:
 
 
 def size_rule(value: str) -> str | None:
-    from .data import parse_size
+    from .preprocess import parse_size
     what = f'HxW (e.g. 512x1024), each side from 1 to {MAX_SIDE}'
     try:
         hw = parse_size(value)
@@ -118,12 +114,13 @@ def preset_rule(value: str) -> str | None:
 
 
 def run_folder_rule(value: str) -> str | None:
-    return None if (Path(value).expanduser() / 'config.yaml').is_file() else 'a run folder (one with config.yaml)'
+    folder = RunFolder(Path(value).expanduser())
+    return None if folder.config.is_file() else f'a run folder (one with {folder.config.name})'
 
 
 def model_file_rule(value: str) -> str | None:
     path = Path(value).expanduser()
-    if path.is_file() or (path.is_dir() and any((path / n).is_file() for n in ('export.safetensors', 'last.pth'))):
+    if path.is_file() or (path.is_dir() and RunFolder(path).model_file() is not None):
         return None
     return 'a run folder, a checkpoint (.pth) or an export (.safetensors)'
 
@@ -163,7 +160,7 @@ def warm_start_recipe_rule(value) -> str | None:
 
 
 def _methods() -> Sequence[str]:
-    from .learner import METHODS
+    from .methods import METHODS
     return tuple(METHODS)
 
 
@@ -380,17 +377,7 @@ def load_preset(name_or_path: str | Path) -> dict:
             raise ConfigError(f'config {name_or_path!r} not found: give a YAML file or a preset name '
                               f'({", ".join(list_presets())})')
         path = builtin
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f'cannot read {path} ({type(e).__name__}): not a YAML text file') from None
-    except yaml.YAMLError as e:
-        where = getattr(e, 'problem_mark', None)
-        at = f' at line {where.line + 1}' if where is not None else ''
-        raise ConfigError(f'bad YAML in {path}{at}: {getattr(e, "problem", None) or e}') from None
-    if not isinstance(values, dict):
-        raise ConfigError(f'{path} must hold a mapping of option: value, not {type(values).__name__}')
-    return values
+    return read_mapping(path)
 
 
 def resolve_config(preset: str | Path | None = None, **options) -> TrainConfig:

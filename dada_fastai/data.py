@@ -7,14 +7,10 @@ are `(x_trg, mask_trg)` with the masks kept at the label's full resolution, as t
 """
 from __future__ import annotations
 
-import numbers
-from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
-from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 from fastai.data.block import DataBlock, TransformBlock
@@ -25,14 +21,18 @@ from fastai.vision.core import PILImage, PILMask, TensorImage, ToTensor, image2t
 from fasttransform import ItemTransform, Transform
 from PIL import Image
 
-from .datasets import DatasetError, DomainDataset, Sample, _to_rgb, image_size, open_dataset, read_array
+from .datasets import DataItem, DomainDataset, open_dataset
+from .image_files import image_size
+from .plots import depth_to_rgb
+from .preprocess import (IMAGE_ITEMS, check_image_items, fit_to_size, image_item_problem, image_item_size,  # noqa: F401
+                         image_to_rgb, pad_to_aspect, padded_content_size, parse_size, resize_depth, resize_with_pad)
 from .losses import IGNORE_INDEX
-from .protocols import Protocol, get_protocol
+from .protocols import ClassProtocol, get_protocol
 
 __all__ = ['DataItem', 'PILDepth', 'TensorDepth', 'ReadImage', 'ReadMask', 'ReadDepth', 'SourceImageBlock',
-           'TargetImageBlock', 'MaskBlockFor', 'DepthBlock', 'target_order', 'target_index',
+           'TargetImageBlock', 'MaskBlockFor', 'InverseDepthBlock', 'DepthBlock', 'target_order', 'target_index',
            'PairedItem', 'TargetPairing', 'PairedDL', 'PairedAugment', 'ToBGR',
-           'normalization', 'dada_datablock', 'target_datablock', 'dada_dataloaders', 'parse_size',
+           'normalization', 'dada_datablock', 'target_datablock', 'target_dataloader', 'dada_dataloaders', 'parse_size',
            'PAPER_SOURCE_SIZE', 'PAPER_TARGET_SIZE', 'depth_to_rgb', 'resize_with_pad', 'pad_to_aspect', 'fit_to_size',
            'padded_content_size', 'resize_depth', 'TensorClassMap', 'IMAGE_ITEMS', 'image_to_rgb', 'image_item_size',
            'image_item_problem', 'check_image_items', 'DADADataLoaders']
@@ -41,63 +41,9 @@ PAPER_SOURCE_SIZE = (760, 1280)  # (H, W) of SYNTHIA images in the paper's recip
 PAPER_TARGET_SIZE = (512, 1024)  # (H, W) of Cityscapes images in the paper's recipe
 
 
-@dataclass(frozen=True)
-class DataItem:
-    """One sample of one dataset: the reader and the sample's files."""
-    ds: DomainDataset
-    sample: Sample
-
-    def __repr__(self) -> str:
-        return f'{self.ds.kind}:{self.sample.image.name}'
-
-
-def parse_size(size: str | int | Sequence[int] | None) -> tuple[int, int] | None:
-    """'HxW' (or 'H,W'), an int or a digit string (square), or (H, W) -> (H, W); None stays None.
-    Raises ValueError naming the bad value otherwise."""
-    if size is None:
-        return None
-    bad = f'bad size {size!r}: expected HxW (for example 760x1280), an int or (H, W)'
-    if isinstance(size, bool):
-        raise ValueError(bad)
-    if isinstance(size, numbers.Integral):
-        hw = (int(size), int(size))
-    elif isinstance(size, str):
-        parts = size.strip().lower().replace(',', 'x').split('x')
-        if len(parts) == 1:
-            parts = parts * 2
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(bad)
-        hw = (int(parts[0]), int(parts[1]))
-    elif isinstance(size, Sequence) or hasattr(size, '__len__'):
-        if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):
-            raise ValueError(bad)
-        hw = (int(size[0]), int(size[1]))
-    else:
-        raise ValueError(bad)
-    if hw[0] <= 0 or hw[1] <= 0:
-        raise ValueError(f'bad size {size!r}: height and width must be positive')
-    return hw
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Depth type
 # ---------------------------------------------------------------------------------------------------------
-def depth_to_rgb(depth: np.ndarray | torch.Tensor, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """Inverse depth (H, W) -> RGB uint8 with the 'magma' colour map: near (large inverse depth) is warm,
-    far is dark; missing values black. Percentile scaling unless vmin/vmax are given."""
-    from matplotlib import colormaps
-    d = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth, np.float32).squeeze()
-    valid = np.isfinite(d)
-    if not valid.any():
-        return np.zeros((*d.shape, 3), np.uint8)
-    lo = np.percentile(d[valid], 2) if vmin is None else vmin
-    hi = np.percentile(d[valid], 98) if vmax is None else vmax
-    norm = np.clip((d - lo) / max(hi - lo, 1e-12), 0, 1)
-    rgb = (colormaps['magma'](norm)[..., :3] * 255).astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
-
-
 def _show_depth(depth, ctx=None, **kwargs):
     """Show an inverse-depth map in `depth_to_rgb`'s colours (only a `title` is passed on)."""
     from fastai.torch_core import show_image
@@ -122,7 +68,7 @@ class PILDepth(PILMask):
 
 class TensorClassMap(TensorMask):
     """A class map (H, W) of train ids (`TensorMask`) that `show` draws in the colours of its `protocol`
-    (`Protocol.colorize`: ignored pixels black); `codes` are the class names."""
+    (`ClassProtocol.colorize`: ignored pixels black); `codes` are the class names."""
 
     def show(self, ctx=None, **kwargs):
         proto = getattr(self, 'protocol', None)
@@ -143,146 +89,6 @@ def encodes(self, o: PILDepth):
 # ---------------------------------------------------------------------------------------------------------
 # Readers as type transforms (the reference resizes at load: bicubic images, nearest labels and depth)
 # ---------------------------------------------------------------------------------------------------------
-def padded_content_size(image_hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) that an image of `image_hw` takes inside `size` (H, W) under `resize_with_pad`."""
-    (ih, iw), (h, w) = image_hw, size
-    return (int(ih * (w / iw)), w) if iw / ih > w / h else (h, int(iw * (h / ih)))
-
-
-def resize_with_pad(img: Image.Image, size: tuple[int, int], resample: int, fill) -> Image.Image:
-    """The reference's Mapillary Vistas resize: scale keeping the aspect ratio until the image fits (H, W) (sizes
-    truncated as the reference does), put it at the top left and fill the rest with `fill`."""
-    nh, nw = padded_content_size((img.size[1], img.size[0]), size)
-    out = Image.new(img.mode, (size[1], size[0]), fill)
-    out.paste(img.resize((nw, nh), resample), (0, 0))
-    return out
-
-
-def pad_to_aspect(img: Image.Image, aspect: float, fill) -> Image.Image:
-    """Pad at the right or the bottom to the aspect ratio `aspect` (width / height), as the reference pads
-    full-resolution Vistas labels for evaluation, so they line up with `resize_with_pad`'s images."""
-    w, h = float(img.size[0]), float(img.size[1])
-    if aspect > w / h:
-        w = aspect * h
-    elif aspect < w / h:
-        h = w / aspect
-    else:
-        return img
-    out = Image.new(img.mode, (int(w), int(h)), fill)
-    out.paste(img, (0, 0))
-    return out
-
-
-def fit_to_size(img: Image.Image, size: tuple[int, int] | None, resample: int, fill, fit: str = 'stretch',
-                frame: tuple[int, int] | None = None) -> Image.Image:
-    """Bring a file's image, mask or depth to a domain's size (H, W): `fit='stretch'` resizes to it (SYNTHIA,
-    Cityscapes, folders); `fit='pad'` keeps the aspect ratio and pads (Vistas, `resize_with_pad`). With no
-    `size` (evaluation labels at full resolution) 'pad' pads to the aspect ratio of `frame`, the size the
-    image was brought to."""
-    if fit == 'pad':
-        if size is not None:
-            return img if img.size == (size[1], size[0]) else resize_with_pad(img, size, resample, fill)
-        return pad_to_aspect(img, frame[1] / frame[0], fill) if frame is not None else img
-    if size is None or img.size == (size[1], size[0]):
-        return img
-    return img.resize((size[1], size[0]), resample)
-
-
-IMAGE_ITEMS = ('a path (str or Path), a PIL image, or a numpy array (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA '
-               'of uint8 or uint16')
-
-
-def image_item_problem(item) -> str | None:
-    """What makes `item` unusable as an image (one line: what, where, what to do), None when it looks usable;
-    checked without decoding (a file that cannot be decoded is reported when it is read)."""
-    if isinstance(item, DataItem) or isinstance(item, Image.Image):
-        return None
-    if isinstance(item, (str, Path)):
-        p = Path(item)
-        if p.is_dir():
-            return f"{p} is a folder, not an image; pass its image files (for example fastai's get_image_files)"
-        return None if p.is_file() else f'image file not found: {p}; check the path'
-    if isinstance(item, np.ndarray):
-        return _array_problem(item, f'numpy array of shape {item.shape} and type {item.dtype}')
-    return f'a {type(item).__name__} cannot be read as an image; pass {IMAGE_ITEMS}'
-
-
-def _array_problem(arr: np.ndarray, what: str) -> str | None:
-    if not (arr.dtype.kind == 'u' and arr.dtype.itemsize in (1, 2)):
-        return (f'{what}: pixels must be uint8 or uint16; convert it first '
-                '(for example (x * 255).round().astype(np.uint8) for floats in [0, 1])')
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))) or 0 in arr.shape[:2]:
-        return f'{what}: expected (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA (channels last); reshape it'
-    return None
-
-
-def _pil_array(img: Image.Image) -> np.ndarray:
-    """A PIL image as an array for `image_to_rgb`: gray ('L'), RGB, RGBA and 16-bit gray ('I;16*') as stored,
-    32-bit integer gray ('I') as 16 bits when its values fit, other modes converted to RGB by Pillow."""
-    if img.mode.startswith('I;16'):
-        return np.asarray(img).astype(np.uint16)  # native byte order
-    if img.mode == 'I':
-        arr = np.asarray(img)
-        return arr.astype(np.uint16) if arr.size and arr.min() >= 0 and arr.max() <= 65535 else arr
-    if img.mode == 'F':
-        return np.asarray(img)  # refused: float pixels
-    return np.asarray(img if img.mode in ('L', 'RGB', 'RGBA') else img.convert('RGB'))
-
-
-def image_to_rgb(item) -> np.ndarray:
-    """An image item -> (H, W, 3) uint8 RGB, by the datasets' rule (`datasets._to_rgb`): 16-bit values scaled to
-    8 bits (// 257), gray repeated in the three channels, the alpha channel of RGBA dropped (not blended over a
-    background). Items: a dataset's `DataItem`; a path (str or Path; decoded with OpenCV, bit depth kept); a PIL
-    image (modes other than L, RGB, RGBA and 16-bit gray converted to RGB by Pillow first); a numpy array
-    (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA of uint8 or uint16. Anything else, or a file that cannot
-    be read, raises `DatasetError` in one line."""
-    if isinstance(item, DataItem):
-        return item.ds.read_image(item.sample)
-    problem = image_item_problem(item)
-    if problem is not None:
-        raise DatasetError(problem)
-    if isinstance(item, (str, Path)):
-        return _to_rgb(read_array(item), Path(item))
-    if isinstance(item, Image.Image):
-        what, arr = f'PIL image of mode {item.mode} ({item.width}x{item.height})', _pil_array(item)
-        if (problem := _array_problem(arr, what)) is not None:
-            raise DatasetError(problem)
-    else:
-        what, arr = f'numpy array of shape {item.shape}', item
-    arr = arr.astype(np.uint16 if arr.dtype.itemsize == 2 else np.uint8, copy=False)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # RGB(A) -> the BGR(A) channel order `_to_rgb` takes from OpenCV
-        arr = arr[..., [2, 1, 0, 3][:arr.shape[2]]]
-    return _to_rgb(np.ascontiguousarray(arr), what)
-
-
-def image_item_size(item) -> tuple[int, int]:
-    """(H, W) of an image item as `image_to_rgb` reads it (from the header for PNG and JPEG files)."""
-    if isinstance(item, DataItem):
-        return tuple(image_size(item.sample.image))
-    if isinstance(item, Image.Image):
-        return item.height, item.width
-    if isinstance(item, np.ndarray):
-        return tuple(item.shape[:2])
-    if (problem := image_item_problem(item)) is not None:
-        raise DatasetError(problem)
-    return tuple(image_size(item))
-
-
-def check_image_items(items) -> list:
-    """The items of a test set as a list (one item alone becomes a list of one), each checked with
-    `image_item_problem`; an empty list or a bad item raises `DatasetError` naming the item's position."""
-    single = (str, Path, DataItem, Image.Image)
-    if isinstance(items, single) or (isinstance(items, np.ndarray) and items.ndim <= 3) or not isinstance(items, Iterable):
-        items = [items]
-    items = list(items)
-    if not items:
-        raise DatasetError(f'no images to predict on: the list of test items is empty; pass {IMAGE_ITEMS}')
-    for i, item in enumerate(items):
-        if (problem := image_item_problem(item)) is not None:
-            raise DatasetError(f'test item {i}: {problem}')
-    return items
-
-
 class ReadImage:
     """An image item -> PILImage (RGB) brought to `size` (H, W) with bicubic interpolation (padded black where the
     images keep their aspect ratio). A `DataItem` is brought to size as its dataset says (`fit`); any other item
@@ -307,22 +113,6 @@ class ReadMask:
     def __call__(self, item: DataItem) -> PILMask:
         img = Image.fromarray(item.ds.read_label(item.sample))
         return PILMask(fit_to_size(img, self.size, Image.NEAREST, IGNORE_INDEX, item.ds.fit, self.frame))
-
-
-def resize_depth(depth: np.ndarray, size: tuple[int, int] | None, fit: str = 'stretch') -> np.ndarray:
-    """An (H, W) float32 depth map brought to `size` (H, W) with OpenCV's nearest neighbour (`INTER_NEAREST`), as
-    the reference resizes SYNTHIA's depth (Pillow's nearest rule takes other source pixels: from 320 to 128
-    columns, Pillow takes 1, 3, 6, 8..., OpenCV 0, 2, 5, 7...); `fit='pad'` keeps the aspect ratio and pads with
-    NaN (no depth) at the right or bottom, as `resize_with_pad`."""
-    if size is None or depth.shape == tuple(size):
-        return depth
-    h, w = padded_content_size(depth.shape, size) if fit == 'pad' else size
-    resized = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
-    if (h, w) == tuple(size):
-        return resized
-    out = np.full(size, np.nan, np.float32)
-    out[:h, :w] = resized
-    return out
 
 
 class ReadDepth:
@@ -360,9 +150,12 @@ def MaskBlockFor(size: tuple[int, int] | None, codes: Sequence[str], frame: tupl
                           batch_tfms=IntToFloatTensor)
 
 
-def DepthBlock(size: tuple[int, int] | None) -> TransformBlock:
+def InverseDepthBlock(size: tuple[int, int] | None) -> TransformBlock:
     """Inverse-depth maps as `TensorDepth` (float, NaN = unknown), resized like masks."""
     return TransformBlock(type_tfms=ReadDepth(size))
+
+
+DepthBlock = InverseDepthBlock  # its former name (`model.DepthBlock` is the network's depth block)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -586,7 +379,7 @@ def dada_datablock(targets: Sequence[DataItem], codes: Sequence[str], source_siz
     load_trg = None if any(t.target_size is not None for t in aug) else target_size
     pairing = TargetPairing(tuple(targets), seed)
     block = DataBlock(blocks=(SourceImageBlock(load_src), TargetImageBlock(load_trg),
-                              MaskBlockFor(load_src, codes), DepthBlock(load_src)),
+                              MaskBlockFor(load_src, codes), InverseDepthBlock(load_src)),
                       get_items=pairing, getters=[_source_of, _target_of, _source_of, _source_of], n_inp=2,
                       splitter=_all_train, item_tfms=item_tfms, batch_tfms=list(norm), dl_type=PairedDL)
     block.dls_kwargs = {**block.dls_kwargs, 'pairing': pairing, 'seed': seed}  # `block.dataloaders` pairs as training
@@ -598,8 +391,22 @@ def target_datablock(codes: Sequence[str], target_size=PAPER_TARGET_SIZE, norm: 
     """The evaluation DataBlock: target image resized to `target_size`, mask at its full resolution, and with
     `depth` the target's inverse depth (or disparity) at its full resolution, for the depth metrics. `fit` is how
     test images (`DADADataLoaders.test_dl`) reach `target_size`: the target dataset's."""
-    blocks = (TargetImageBlock(target_size, fit), MaskBlockFor(None, codes, target_size)) + ((DepthBlock(None),) if depth else ())
+    blocks = (TargetImageBlock(target_size, fit), MaskBlockFor(None, codes, target_size)) + ((InverseDepthBlock(None),) if depth else ())
     return DataBlock(blocks=blocks, n_inp=1, splitter=_all_train, batch_tfms=list(norm))
+
+
+def target_dataloader(ds: DomainDataset, items: Sequence[DataItem], protocol: ClassProtocol, target_size, norm: Sequence = (),
+                      bs: int = 1, **kwargs) -> TfmdDL:
+    """The labelled target DataLoader that validation and evaluation read (`target_datablock`): `items` of the target
+    dataset `ds` (its 'val' split for validation) brought to `target_size` as `ds` says (stretched or padded), labels
+    at full resolution, and the target's depth where it ships depth for images that are not padded. `kwargs` go to
+    the DataLoader (`device`, `num_workers`, `pin_memory`)."""
+    fit = getattr(ds, 'fit', 'stretch')
+    block = target_datablock(protocol.classes, parse_size(target_size), list(norm),
+                             depth=bool(getattr(ds, 'has_depth', False)) and fit != 'pad', fit=fit)
+    dsets = block.datasets(list(items), verbose=False)
+    return TfmdDL(dsets.train, bs=bs, shuffle=False, after_item=block.item_tfms, after_batch=block.batch_tfms,
+                  **kwargs)
 
 
 def _all_train(items: Sequence) -> tuple[list[int], list[int]]:
@@ -638,11 +445,7 @@ def dada_dataloaders(source: str | DomainDataset, target: str | DomainDataset, n
                      n=epoch_len * bs if epoch_len else None, after_item=block.item_tfms,
                      after_batch=block.batch_tfms, **common)
     train.protocol = proto
-    vblock = target_datablock(proto.classes, target_size, norm_tfms, depth=bool(getattr(trg, 'has_depth', False)),
-                              fit=getattr(trg, 'fit', 'stretch'))
-    vdsets = vblock.datasets(val_items, verbose=False)
-    valid = TfmdDL(vdsets.train, bs=val_bs, shuffle=False, after_item=vblock.item_tfms,
-                   after_batch=vblock.batch_tfms, **common)
+    valid = target_dataloader(trg, val_items, proto, target_size, norm_tfms, bs=val_bs, **common)
     dls = DADADataLoaders(train, valid, device=device)
     dls.protocol, dls.source_ds, dls.target_ds, dls.norm = proto, src, trg, norm
     dls.source_size, dls.target_size = source_size, target_size
@@ -653,7 +456,7 @@ class DADADataLoaders(DataLoaders):
     """The `DataLoaders` of DADA: `train` pairs source samples with target images, `valid` is the labelled target
     validation set; `test_dl` reads new images as the target's. `dada_dataloaders` sets what describes the data
     (`dada_learner` copies it into the learner's `meta`)."""
-    protocol: Protocol | None = None  # the class set
+    protocol: ClassProtocol | None = None  # the class set
     source_ds: DomainDataset | None = None  # the source dataset's reader
     target_ds: DomainDataset | None = None  # the target dataset's reader (its `fit`: how images reach the size)
     norm: str | Sequence = ()  # the normalisation asked for: a `normalization` kind or batch transforms

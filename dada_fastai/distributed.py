@@ -1,4 +1,5 @@
-"""Training on several GPUs (or CPU processes) with fastai's distributed support on Hugging Face accelerate.
+"""The device a process runs on, and training on several GPUs (or CPU processes) with fastai's distributed support on
+Hugging Face accelerate.
 
 Launch any training command with accelerate, for example
 `accelerate launch --num_processes 2 -m dada_fastai.cli train ...` (`--cpu` for CPU processes with gloo).
@@ -15,8 +16,27 @@ from fastai.callback.progress import ProgressCallback
 from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.torch_core import num_distrib, rank_distrib
 
-__all__ = ['BackendAwareDistributedDL', 'DADADistributedTrainer', 'distributed_training', 'is_main_process',
+from .errors import RunError
+
+__all__ = ['resolve_device', 'BackendAwareDistributedDL', 'DADADistributedTrainer', 'distributed_training', 'is_main_process',
            'broadcast_object', 'barrier', 'shutdown']
+
+
+def resolve_device(device: str = 'auto') -> torch.device:
+    """'auto' -> CUDA when available (this process's GPU under accelerate), else CPU; 'cuda' without a GPU
+    is an error."""
+    if device == 'auto':
+        if num_distrib() > 1:
+            from accelerate import PartialState
+            return PartialState().device
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise RunError(f'--device {device} requested but CUDA is not available on this machine '
+                       '(no NVIDIA driver or a CPU-only torch); use --device cpu')
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise RunError(f'unknown device {device!r}; valid: auto, cpu, cuda, cuda:N') from None
 
 
 def is_main_process() -> bool:

@@ -8,15 +8,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .callbacks import tf32
-from .config import ConfigError
-from .checkpoint import CheckpointError, load_inference_file
-from .data import depth_to_rgb, fit_to_size, normalization, parse_size
-from .datasets import DatasetError, open_dataset, write_png
-from .metrics import ConfusionMatrix, DepthAccuracy, confusion_matrix, finite_mean, iou_from_confusion
-from .losses import IGNORE_INDEX, upsample
+from .checkpoint import load_inference_file
+from .data import normalization, target_dataloader
+from .datasets import DataItem, open_dataset
+from .distributed import resolve_device
+from .errors import CheckpointError, ConfigError, DatasetError, DiskFullError
+from .image_files import write_png
+from .learner import DADALearner
 from .meta import RunMeta
 from .model import DADA, REFERENCE_ARCH
+from .plots import depth_to_rgb
+from .prediction import prediction_to_size, prediction_triple
+from .preprocess import fit_to_size, parse_size
+from .run_folder import RunFolder
 
 __all__ = ['LoadedModel', 'load_model', 'evaluate_model', 'predict_files', 'IMAGE_SUFFIXES']
 
@@ -62,21 +66,6 @@ class LoadedModel:
                 seg, depth = self.model(x)
         return seg.float(), (depth.float() if depth is not None else None)
 
-    @torch.no_grad()
-    def __call__(self, rgb: np.ndarray, size: tuple[int, int] | None, out_size: tuple[int, int],
-                 fit: str = 'stretch', content: tuple[int, int] | None = None):
-        """(class map (H, W) uint8, inverse depth (H, W) float32 or None) at `out_size`. `content`: the (h, w)
-        the image takes in its padded input (`fit='pad'`); the padding is cut off before resizing."""
-        seg, depth = self.forward(self.preprocess(rgb, size, fit))
-
-        def back(x):
-            if content is not None:
-                x = upsample(x, size)[..., :content[0], :content[1]]
-            return upsample(x, out_size)
-        pred = back(seg).argmax(1)[0].to(torch.uint8).cpu().numpy()
-        dep = back(depth)[0, 0].float().cpu().numpy() if depth is not None else None
-        return pred, dep
-
     @property
     def input_size(self) -> tuple[int, int] | None:
         """The size (H, W) the model's target images were brought to in training (None when unknown: images then
@@ -92,7 +81,6 @@ class LoadedModel:
         (default: `self.input_size`, the training target size) as the model's training target was (`meta['fit']`:
         stretched, or kept in aspect and padded); `size`: 'original' (the image's own size, the padding cut off
         before resizing back), 'input' or an (H, W)."""
-        from .learner import prediction_to_size, prediction_triple
         from .data import image_to_rgb
         rgb = image_to_rgb(item)
         fit = self.meta.fit
@@ -112,7 +100,6 @@ class LoadedModel:
 def load_model(path: str | Path, device: str | torch.device = 'auto', precision: str = 'fp32') -> LoadedModel:
     """Rebuild the segmenter of a run folder, checkpoint or export and load its weights (safely). `precision`:
     'fp32' (default), or 'bf16'/'fp16' autocast (faster on GPUs and on CPUs with native bf16)."""
-    from .runs import resolve_device
     device = resolve_device(device) if isinstance(device, str) else device
     sd, meta = load_inference_file(path)
     from .config import arch_rule, check_option, train_options
@@ -136,7 +123,7 @@ def load_model(path: str | Path, device: str | torch.device = 'auto', precision:
 
 def _run_config(run_dir: Path) -> dict:
     """The run configuration beside a model (config.yaml; {} when there is none), as a mapping."""
-    path = run_dir / 'config.yaml'
+    path = RunFolder(run_dir).config
     if not path.is_file():
         return {}
     from .config import check_option, load_preset, train_options
@@ -152,23 +139,15 @@ def _run_config(run_dir: Path) -> dict:
     return values
 
 
-def _per_image_miou(cm: np.ndarray) -> float:
-    miou = finite_mean(iou_from_confusion(cm))
-    return float('nan') if miou is None else miou
-
-
 def evaluate_model(model: str | Path, target: str | None = None, classes: int | None = None,
                    target_size: str | None = None, baseline: str | Path | None = None,
                    max_images: int | None = None, device: str = 'auto', precision: str = 'fp32') -> dict:
     """Evaluate on the target's labelled val split at the label's full resolution, by default in IEEE float32 as
     the reference (no TF32 on CUDA; `precision='bf16'` or 'fp16' autocasts): {'miou', 'miou13', 'per_class',
     'images', 'target', 'negative_transfer' (with a baseline), 'depth' (when the target has depth and the model
-    predicts it: `metrics.DepthAccuracy.result`)}."""
-    with tf32(False):
-        return _evaluate(model, target, classes, target_size, baseline, max_images, device, precision)
-
-
-def _evaluate(model, target, classes, target_size, baseline, max_images, device, precision='fp32') -> dict:
+    predicts it: `metrics.DepthAccuracy.result`)}. It runs the evaluation that training runs
+    (`DADALearner.evaluate`, through `DADALearner.for_evaluation`), on the DataLoader validation reads
+    (`data.target_dataloader`)."""
     lm = load_model(model, device, precision)
     n_classes = classes or lm.protocol.n_classes
     if n_classes != lm.protocol.n_classes:
@@ -186,32 +165,22 @@ def _evaluate(model, target, classes, target_size, baseline, max_images, device,
     if base is not None and base.protocol.n_classes != n_classes:
         raise CheckpointError(f'baseline {baseline} predicts {base.protocol.n_classes} classes, not {n_classes}')
     ds = open_dataset(target, n_classes=n_classes)
-    samples = ds.samples('val')[:max_images]
-    proto = lm.protocol
-    total, worse, depth_acc = ConfusionMatrix(proto), 0, DepthAccuracy()
-    for s in samples:
-        rgb, label = ds.read_image(s), ds.read_label(s)
-        if ds.fit == 'pad':  # padded, ignored, to the aspect ratio of the padded image (as in training)
-            label = np.asarray(fit_to_size(Image.fromarray(label), None, Image.NEAREST, IGNORE_INDEX, 'pad', size))
-        lab = torch.from_numpy(label.astype(np.int64))
-        pred, dep = lm(rgb, size, label.shape, ds.fit)
-        if dep is not None and ds.has_depth and s.depth is not None and ds.fit != 'pad':
-            gt = ds.read_depth(s)
-            if gt.shape == dep.shape:
-                depth_acc.accumulate(torch.from_numpy(dep)[None, None], torch.from_numpy(gt)[None])
-        cm = confusion_matrix(torch.from_numpy(pred), lab, proto.n_classes)
-        total.cm += cm
-        if base is not None:
-            bpred, _ = base(rgb, size, label.shape, ds.fit)
-            bcm = confusion_matrix(torch.from_numpy(bpred), lab, proto.n_classes)
-            worse += _per_image_miou(cm.numpy()) < _per_image_miou(bcm.numpy())
-    res = {**total.scores(), 'images': len(samples), 'target': str(target)}
+    items = [DataItem(ds, s) for s in ds.samples('val')[:max_images]]
+    res = _evaluate_loaded(lm, ds, items, size, per_image=base is not None)
+    out = {k: v for k, v in res.items() if k != 'per_image_miou'}
+    out |= {'images': len(items), 'target': str(target)}
     if base is not None:
-        res['negative_transfer'] = 100. * worse / max(len(samples), 1)
-    if depth_acc.result() is not None:
-        res['depth'] = depth_acc.result()
-    return res
+        theirs = _evaluate_loaded(base, ds, items, size, per_image=True)['per_image_miou']
+        worse = sum(a < b for a, b in zip(res['per_image_miou'], theirs))  # an image without a class in common: no
+        out['negative_transfer'] = 100. * worse / max(len(items), 1)
+    return out
 
+
+def _evaluate_loaded(lm: LoadedModel, ds, items: list, size, per_image: bool) -> dict:
+    """`DADALearner.evaluate` of a loaded model on `items` of the target dataset `ds`, read as validation reads them,
+    with the model's own normalisation."""
+    dl = target_dataloader(ds, items, lm.protocol, size, lm.norm, device=lm.device)
+    return DADALearner.for_evaluation(lm.model, dl, lm.meta, lm.precision).evaluate(per_image=per_image)
 
 
 def _expand_inputs(inputs) -> list[Path]:
@@ -237,9 +206,13 @@ def predict_files(model: str | Path, inputs, out: str | Path, size: str | None =
     size = parse_size(size or lm.run_config.get('target_size'))
     out = Path(out)
     written = []
-    for f in files:
+    for n, f in enumerate(files):
         _, (pred, depth), _ = lm.predict(f, input_size=size)  # read as the datasets read images (`image_to_rgb`)
-        written.append(write_png(out / f'{f.stem}_seg.png', lm.protocol.colorize(pred.numpy())))
-        if depth is not None:
-            written.append(write_png(out / f'{f.stem}_depth.png', depth_to_rgb(depth[0])))
+        try:
+            written.append(write_png(out / f'{f.stem}_seg.png', lm.protocol.colorize(pred.numpy())))
+            if depth is not None:
+                written.append(write_png(out / f'{f.stem}_depth.png', depth_to_rgb(depth[0])))
+        except DiskFullError as e:
+            raise DiskFullError(f'{e}; the predictions of {n} of {len(files)} images are complete in {out}: free some '
+                                'space and run predict again') from None
     return written

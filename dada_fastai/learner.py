@@ -2,7 +2,7 @@
 ablations of the paper as configurations; evaluation (with the metrics of `metrics`); `show_results`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
 
@@ -19,59 +19,22 @@ from fastcore.foundation import L
 from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
-                        NonFiniteGuard, SetEpoch, TableProgress, ThrottledProgress, poly_decay)
-from .metrics import (ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, confusion_matrix, finite_mean,
-                      iou_from_confusion)
-from .losses import ADAPT_MAPS, IterationResult, Lambdas, source_loss, upsample
+                        NonFiniteGuard, SetEpoch, TableProgress, ThrottledProgress, cpu_has_native_bf16,  # noqa: F401
+                        default_precision, poly_decay)
+from .metrics import (ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, PerImageMIoU, confusion_matrix,  # noqa: F401
+                      finite_mean, iou_from_confusion)
+from .losses import Lambdas, source_loss, upsample
 from .meta import RunMeta
+from .methods import METHODS, MethodConfig, method_config  # noqa: F401 (public here too)
 from .model import DADA, Discriminator, param_groups
-from .protocols import Protocol, get_protocol
+from .prediction import prediction_to_size, prediction_triple  # noqa: F401 (public here too)
+from .protocols import ClassProtocol, get_protocol
+from .run_folder import EXPORT_FILE
 
 __all__ = ['MethodConfig', 'METHODS', 'method_config', 'DADALoss', 'ConfusionMatrix', 'MeanIoU', 'finite_mean',
            'confusion_matrix', 'iou_from_confusion', 'DADALearner', 'dada_learner', 'sgd_reference', 'adamw',
            'OPTIMIZERS', 'default_precision', 'cpu_has_native_bf16', 'prediction_to_size', 'prediction_triple',
-           'run_iteration']
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Methods and ablations (Table 3 of the paper)
-# ---------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MethodConfig:
-    """Which parts of DADA are on: the depth block, feature fusion, and the maps the discriminators see."""
-    depth_block: bool = True
-    feature_fusion: bool = True
-    adapt: tuple[str, ...] = ('dada',)  # one discriminator per map: 'surprisal', 'depth', 'dada'
-
-    def __post_init__(self):
-        bad = [a for a in self.adapt if a not in ADAPT_MAPS]
-        if bad:
-            raise ValueError(f'unknown adaptation map {bad[0]!r}; valid: {", ".join(ADAPT_MAPS)}')
-        if not self.depth_block and (self.feature_fusion or set(self.adapt) & {'depth', 'dada'}):
-            raise ValueError('feature fusion and depth/DADA adaptation need the depth block')
-
-
-METHODS: dict[str, MethodConfig] = {
-    'source_only': MethodConfig(False, False, ()),  # S1: DeepLab-v2 trained on the source
-    'advent': MethodConfig(False, False, ('surprisal',)),  # S2: AdvEnt
-    's3': MethodConfig(True, True, ('surprisal',)),  # surprisal adaptation + feature fusion
-    's4': MethodConfig(True, False, ('depth',)),  # depth adaptation
-    's5': MethodConfig(True, True, ('depth',)),  # depth adaptation + feature fusion
-    's6': MethodConfig(True, True, ('surprisal', 'depth')),  # two discriminators
-    'dada': MethodConfig(True, True, ('dada',)),  # S7: DADA
-}
-METHODS |= {'s1': METHODS['source_only'], 's2': METHODS['advent'], 's7': METHODS['dada']}
-METHODS['depth_source_only'] = MethodConfig(True, True, ())  # DADA's network trained on the source alone
-
-
-def method_config(method: str | MethodConfig) -> MethodConfig:
-    """A method name (source_only, advent, dada, s1..s7, depth_source_only) -> its configuration."""
-    if isinstance(method, MethodConfig):
-        return method
-    try:
-        return METHODS[method.lower()]
-    except KeyError:
-        raise ValueError(f'unknown method {method!r}; valid: {", ".join(METHODS)}') from None
+           'run_iteration', 'IterationResult']
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,7 +114,7 @@ class DADALearner(Learner):
     depth_accuracy: DepthAccuracy  # the validation's depth metrics, on targets that ship depth
 
     @property
-    def protocol(self) -> Protocol:
+    def protocol(self) -> ClassProtocol:
         """The class set the model predicts (`meta.protocol`)."""
         return self.meta.protocol
 
@@ -228,7 +191,7 @@ class DADALearner(Learner):
         else:
             raise ValueError(f"unknown schedule {schedule!r}; valid: poly, one_cycle, flat_cos, constant")
 
-    def export(self, fname: str = 'export.safetensors', **kwargs):
+    def export(self, fname: str = EXPORT_FILE, **kwargs):
         """Export the segmenter for inference as safetensors with its metadata (fastai's own export pickles
         the whole Learner; this one cannot run code when loaded). Load it with
         `dada_fastai.inference.load_model`."""
@@ -239,15 +202,35 @@ class DADALearner(Learner):
         """Per-class IoU (%) of the last validation."""
         return self.confusion.per_class()
 
-    def evaluate(self, dl=None) -> dict:
+    def evaluate(self, dl=None, per_image: bool = False) -> dict:
         """Validate on `dl` (default: the target validation set): {'miou', 'miou13', 'per_class'} in percent,
-        and 'depth' (`metrics.DepthAccuracy.result`: δ<1.25, abs-rel, a constant's) when the set has depth."""
-        self.validate(dl=dl)
+        and 'depth' (`metrics.DepthAccuracy.result`: δ<1.25, abs-rel, a constant's) when the set has depth; with
+        `per_image`, also 'per_image_miou', each image's mIoU (for the negative transfer rate). The one evaluation:
+        training's validations, the end of a run and `dada-fastai evaluate` (`for_evaluation`) all run it."""
+        images = PerImageMIoU(self.protocol) if per_image else None
+        self.validate(dl=dl, cbs=[images] if images is not None else None)
         res = self.confusion.scores()
         depth = self.depth_accuracy.result()
         if depth is not None:
             res['depth'] = depth
+        if images is not None:
+            res['per_image_miou'] = images.values
         return res
+
+    @classmethod
+    def for_evaluation(cls, model: nn.Module, dl, meta: RunMeta, precision: str = 'fp32') -> DADALearner:
+        """A Learner that evaluates a trained `model` (described by `meta`) on `dl`, a labelled target DataLoader
+        (`data.target_dataloader`), exactly as training validates: what `dada-fastai evaluate` runs. In IEEE float32
+        as the reference evaluated (no TF32 on CUDA), or under `precision` ('bf16', 'fp16') autocast."""
+        if precision not in ('fp32', 'bf16', 'fp16'):
+            raise ValueError(f"unknown precision {precision!r}; valid: fp32, bf16, fp16")
+        cm, depth_acc, metrics = _validation_metrics(meta.protocol)
+        cbs = [DeviceMixedPrecision(amp_mode=precision)] if precision != 'fp32' else []
+        learn = cls(DataLoaders(dl, dl, device=dl.device), model, loss_func=DADALoss(), metrics=metrics, cbs=cbs)
+        learn.remove_cb(ProgressCallback)  # a result, not a bar: `--json` prints one object
+        learn.cuda_backend = CudaBackend(tf32=False)
+        learn.confusion, learn.depth_accuracy, learn.meta = cm, depth_acc, meta
+        return learn
 
     def predict_batch(self, x: torch.Tensor, size: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(class map (B,H,W), inverse depth (B,1,H,W) or None) for normalised images, upsampled to `size`."""
@@ -260,7 +243,7 @@ class DADALearner(Learner):
     def show_results(self, ds_idx: int = 1, dl=None, max_n: int = 4, figsize=None, **kwargs):
         """Target image, ground truth, prediction and predicted depth (near = warm), one row per image."""
         from fastai.vision.data import get_grid
-        from .data import depth_to_rgb
+        from .plots import depth_to_rgb
         dl = dl if dl is not None else self.dls[ds_idx].new(shuffle=False, drop_last=False, bs=1)
         n = min(max_n, len(dl.dataset))
         axs = get_grid(4 * n, nrows=n, ncols=4, figsize=figsize or (16, 2.6 * n),
@@ -409,6 +392,18 @@ class DADALearner(Learner):
         return PrettyString(res)
 
 
+@dataclass
+class IterationResult:
+    """Everything one iteration computed: raw predictions, adapted maps and the loss terms (detached)."""
+    seg_src: torch.Tensor
+    depth_src: torch.Tensor | None
+    seg_trg: torch.Tensor
+    depth_trg: torch.Tensor | None
+    maps_src: dict[str, torch.Tensor] = field(default_factory=dict)
+    maps_trg: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class _KeepIteration(Callback):
     """Keep what the training iteration computed (predictions, the discriminators' maps, the loss terms) and end
     the fit before any optimizer steps or gradients are zeroed."""
@@ -488,28 +483,16 @@ def _assemble(chunks: list, size):
     return tuple(out)
 
 
-def prediction_to_size(x: torch.Tensor, input_hw: Sequence[int], out_hw: Sequence[int], fit: str = 'stretch') -> torch.Tensor:
-    """Logits or inverse depth (B, C, h, w) that the model gave for images brought to `input_hw` -> at `out_hw`,
-    bilinear with align_corners=True as `evaluate` upsamples; with `fit='pad'` (images that kept their aspect
-    ratio, padded at the right or bottom) the padding is cut off at the input size first and `out_hw` is the
-    images' own size."""
-    from .data import padded_content_size
-    input_hw, out_hw = tuple(input_hw), tuple(out_hw)
-    if fit == 'pad' and out_hw != input_hw:
-        ch, cw = padded_content_size(out_hw, input_hw)
-        x = upsample(x, input_hw)[..., :ch, :cw]
-    return upsample(x, out_hw)
-
-
-def prediction_triple(probs: torch.Tensor, ids: torch.Tensor, depth: torch.Tensor | None, protocol: Protocol) -> tuple:
-    """fastai's `(decoded, decoded_preds, preds)` for one image: `((TensorClassMap (H, W), TensorDepth (1, H, W)),
-    (class ids (H, W), depth (1, H, W)), (probabilities (C, H, W), depth (1, H, W)))`, depth None without it."""
-    from .data import TensorClassMap, TensorDepth
-    plain = lambda t: t.as_subclass(torch.Tensor) if t is not None else None  # noqa: E731
-    probs, ids, depth = plain(probs), plain(ids), plain(depth)
-    decoded = (TensorClassMap(ids, codes=list(protocol.classes), protocol=protocol),
-               TensorDepth(depth) if depth is not None else None)
-    return decoded, (ids, depth), (probs, depth)
+def _validation_metrics(proto: ClassProtocol, depth: bool = False) -> tuple[ConfusionMatrix, DepthAccuracy, list]:
+    """The validation's confusion matrix and depth accuracy (read by `evaluate`), and its metrics: mIoU, the 13-class
+    mIoU* of the 16-class protocol, and with `depth` the depth's δ<1.25 as a column (validation by validation)."""
+    cm, depth_acc = ConfusionMatrix(proto), DepthAccuracy()
+    metrics = [MeanIoU(cm, depth=depth_acc)]
+    if proto.subset13 is not None:
+        metrics.append(MeanIoU(cm, proto.subset13, 'miou13'))
+    if depth:
+        metrics.append(DepthDelta1(depth_acc))
+    return cm, depth_acc, metrics
 
 
 def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: str = 'resnet101',
@@ -566,12 +549,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
         extra.append(FrozenBatchNorm())
     if fast:
         extra += _fast_mode(model, discs, dls, precision, compile)
-    cm, depth_acc = ConfusionMatrix(proto), DepthAccuracy()
-    metrics = [MeanIoU(cm, depth=depth_acc)]
-    if proto.subset13 is not None:
-        metrics.append(MeanIoU(cm, proto.subset13, 'miou13'))
-    if cfg.depth_block and getattr(getattr(dls, 'target_ds', None), 'has_depth', False):
-        metrics.append(DepthDelta1(depth_acc))  # the target's depth, validation by validation
+    cm, depth_acc, metrics = _validation_metrics(
+        proto, depth=cfg.depth_block and getattr(getattr(dls, 'target_ds', None), 'has_depth', False))
     metrics += list(trainer.terms.values())
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas, depth_scale), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,
@@ -588,26 +567,6 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                          config=config)
     return learn
 
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16), as torch reports it."""
-    caps = {}
-    try:
-        caps = torch.cpu.get_capabilities()
-    except (AttributeError, RuntimeError):  # older torch: the private probes it had
-        for name, probe in (('avx512_bf16', '_is_avx512_bf16_supported'), ('amx_bf16', '_is_amx_tile_supported')):
-            fn = getattr(torch.cpu, probe, None)
-            caps[name] = bool(fn()) if fn is not None else False
-    return any(bool(caps.get(k)) for k in ('avx512_bf16', 'amx_bf16', 'bf16', 'sve_bf16', 'neon_bf16'))
-
-
-def default_precision(device=None) -> str:
-    """Fast mode's precision when none is asked for: bf16 on GPU and on CPUs with native bf16, else fp32."""
-    dev = torch.device(device) if device is not None else torch.device('cpu')
-    if dev.type == 'cuda':
-        return 'bf16'
-    return 'bf16' if dev.type == 'cpu' and cpu_has_native_bf16() else 'fp32'
 
 
 def _fast_mode(model: nn.Module, discs: nn.ModuleDict, dls, precision: str | None, compile: bool | dict) -> list:

@@ -1,28 +1,28 @@
 """DADA's losses and the math of one training iteration, as plain functions.
 
 The training callbacks call these functions; the parity tests run them, through the iteration that training runs
-(`dada_iteration`), against the reference's numbers.
+(`learner.run_iteration`), against the reference's numbers.
 Conventions of the reference: predictions are upsampled (bilinear, align_corners=True) to the label size
 before any loss; the discriminator labels source 0 and target 1.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .methods import ADAPT_MAPS
+
 __all__ = ['IGNORE_INDEX', 'SOURCE_LABEL', 'TARGET_LABEL', 'ADAPT_MAPS', 'upsample', 'seg_loss', 'berhu_loss',
            'weighted_self_information', 'dada_fusion', 'adaptation_map', 'bce_to_label', 'source_loss',
-           'fooling_loss', 'discriminator_loss', 'Lambdas', 'IterationResult', 'dada_iteration',
-           'set_requires_grad']
+           'fooling_loss', 'discriminator_loss', 'Lambdas', 'set_requires_grad']
 
 IGNORE_INDEX = 255  # label value excluded from the segmentation loss and the metrics
 SOURCE_LABEL, TARGET_LABEL = 0., 1.  # the reference's domain labels (the paper writes the opposite)
-ADAPT_MAPS = ('surprisal', 'depth', 'dada')  # what a discriminator can look at
 
 
 def upsample(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -114,25 +114,3 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
     """Freeze or unfreeze a discriminator (the reference toggles requires_grad around the fooling loss)."""
     for p in module.parameters():
         p.requires_grad_(flag)
-
-
-@dataclass
-class IterationResult:
-    """Everything one iteration computed: raw predictions, adapted maps and the loss terms (detached)."""
-    seg_src: Tensor
-    depth_src: Tensor | None
-    seg_trg: Tensor
-    depth_trg: Tensor | None
-    maps_src: dict[str, Tensor] = field(default_factory=dict)
-    maps_trg: dict[str, Tensor] = field(default_factory=dict)
-    losses: dict[str, Tensor] = field(default_factory=dict)
-
-
-def dada_iteration(model: nn.Module, discriminators: dict[str, nn.Module], x_src: Tensor, labels: Tensor,
-                   depth_target: Tensor | None, x_trg: Tensor, lambdas: Lambdas = Lambdas()) -> IterationResult:
-    """Forward and backward passes of one reference iteration, in the reference's order (no optimizer step,
-    no zeroing): source seg + depth loss; fooling loss per discriminator (frozen); discriminator losses
-    on detached source then target maps. `discriminators` maps an adaptation kind to its discriminator;
-    empty for source-only training. It runs the iteration that training runs (`learner.run_iteration`)."""
-    from .learner import run_iteration
-    return run_iteration(model, discriminators, x_src, labels, depth_target, x_trg, lambdas)

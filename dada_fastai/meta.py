@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from .protocols import Protocol, get_protocol
+from .methods import MethodConfig
+from .protocols import ClassProtocol, get_protocol
 
 __all__ = ['RunMeta', 'MODEL_KEYS']
 
@@ -42,14 +43,13 @@ class RunMeta:
             object.__setattr__(self, 'config', dict(self.config))
 
     @property
-    def protocol(self) -> Protocol:
+    def protocol(self) -> ClassProtocol:
         """The class set of `n_classes` (names, palette, id mappings)."""
         return get_protocol(self.n_classes)
 
     @property
-    def method(self):
-        """The method's parts as a `learner.MethodConfig`."""
-        from .learner import MethodConfig
+    def method(self) -> MethodConfig:
+        """The method's parts as a `methods.MethodConfig`."""
         return MethodConfig(self.depth_block, self.feature_fusion, self.adapt)
 
     def to_dict(self) -> dict:

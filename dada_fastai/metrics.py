@@ -11,14 +11,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from fastai.callback.core import Callback
 from fastai.learner import Metric
 from torch import Tensor
 
 from .losses import IGNORE_INDEX, upsample
-from .protocols import Protocol
+from .protocols import ClassProtocol
 
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'finite_mean', 'segmentation_scores', 'ConfusionMatrix',
-           'MeanIoU', 'DEPTH_NOTE', 'median_scaled_depth', 'within_delta1', 'image_depth_errors', 'DepthAccuracy',
+           'MeanIoU', 'PerImageMIoU', 'DEPTH_NOTE', 'median_scaled_depth', 'within_delta1', 'image_depth_errors', 'DepthAccuracy',
            'DepthDelta1']
 
 
@@ -48,7 +49,7 @@ def finite_mean(values) -> float | None:
     return float(np.nanmean(values)) if np.isfinite(values).any() else None
 
 
-def segmentation_scores(cm: np.ndarray | Tensor, protocol: Protocol) -> dict:
+def segmentation_scores(cm: np.ndarray | Tensor, protocol: ClassProtocol) -> dict:
     """{'miou', 'miou13', 'per_class'} (%) of a confusion matrix: mIoU over the classes present, mIoU* over the
     13-class subset of the 16-class protocol (None for the others), and {class name: IoU} (None for a class absent
     from labels and predictions)."""
@@ -62,7 +63,7 @@ class ConfusionMatrix:
     """The confusion matrix of a validation pass at the label's full resolution (logits upsampled
     bilinearly, align_corners=True, before the argmax, as the reference evaluates)."""
 
-    def __init__(self, protocol: Protocol):
+    def __init__(self, protocol: ClassProtocol):
         self.protocol = protocol
         self.reset()
 
@@ -82,6 +83,26 @@ class ConfusionMatrix:
     def per_class(self) -> dict[str, float | None]:
         """{class name: IoU %} of the accumulated matrix (None for a class absent from labels and predictions)."""
         return self.scores()['per_class']
+
+
+class PerImageMIoU(Callback):
+    """Each validation image's own mIoU (%, NaN for an image whose labels and prediction share no class), in
+    `values`: what the negative transfer rate compares between an adapted model and its source-only baseline."""
+
+    def __init__(self, protocol: ClassProtocol):
+        self.protocol, self.values = protocol, []
+
+    def before_validate(self):
+        self.values = []
+
+    def after_batch(self):
+        if self.training:
+            return
+        seg, label = self.learn.pred[0], self.learn.yb[0]
+        pred = upsample(seg.float(), label.shape[-2:]).argmax(1)
+        for p, lab in zip(pred, label):
+            miou = finite_mean(iou_from_confusion(confusion_matrix(p, lab, self.protocol.n_classes).cpu()))
+            self.values.append(float('nan') if miou is None else miou)
 
 
 class MeanIoU(Metric):

@@ -14,12 +14,13 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
-from .weights import WeightsError, load_backbone_file
-from .weights import load_official_state_dict, load_weights_file, reference_name  # importable from here as well
+from .errors import WeightsError
+from .weights import load_backbone_file
+from .weights import load_official_state_dict  # a public name here too (`dada_fastai.model.load_official_state_dict`)
 
 __all__ = ['DeepLabBottleneck', 'DeepLabResNet', 'REFERENCE_ARCH', 'REFERENCE_BGR_MEAN', 'create_backbone', 'DepthBlock',
            'DeepLabV2Classifier', 'DADA', 'Discriminator', 'official_deeplabv2_depth', 'official_deeplabv2',
-           'load_official_state_dict', 'reference_name', 'load_weights_file', 'WeightsError', 'freeze_bn_affine',
+           'load_official_state_dict', 'WeightsError', 'freeze_bn_affine',
            'revive_zero_bn', 'param_groups']
 
 REFERENCE_ARCH = 'deeplabv2_resnet101'  # the timm name under which the reference backbone is registered

@@ -6,11 +6,11 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ['Protocol', 'PROTOCOLS', 'get_protocol', 'lookup_table', 'CITYSCAPES_CATEGORY']
+__all__ = ['ClassProtocol', 'Protocol', 'PROTOCOLS', 'get_protocol', 'lookup_table', 'CITYSCAPES_CATEGORY']
 
 
 @dataclass(frozen=True)
-class Protocol:
+class ClassProtocol:
     """A class set: names, colours, the mIoU* subset and how each dataset's ids map to train ids."""
     name: str
     classes: tuple[str, ...]
@@ -29,6 +29,9 @@ class Protocol:
         pal = np.zeros((256, 3), np.uint8)
         pal[:self.n_classes] = self.palette
         return pal[np.asarray(train_ids, dtype=np.uint8)]
+
+
+Protocol = ClassProtocol  # its former name (it shadowed `typing.Protocol`)
 
 
 def lookup_table(mapping: Mapping[int, int], size: int = 65536) -> np.ndarray:
@@ -71,13 +74,13 @@ _VISTAS7_NAMES = {
 _VISTAS7 = {name: tid for tid, names in _VISTAS7_NAMES.items() for name in names}
 
 PROTOCOLS = {
-    16: Protocol('16', _CLASSES16, tuple(_CS_PALETTE.values()), _SYNTHIA16, _CITYSCAPES16,
+    16: ClassProtocol('16', _CLASSES16, tuple(_CS_PALETTE.values()), _SYNTHIA16, _CITYSCAPES16,
                  subset13=tuple(i for i, c in enumerate(_CLASSES16) if c not in ('wall', 'fence', 'pole'))),
-    7: Protocol('7', _CLASSES7, _PALETTE7, _SYNTHIA7, CITYSCAPES_CATEGORY, _VISTAS7),
+    7: ClassProtocol('7', _CLASSES7, _PALETTE7, _SYNTHIA7, CITYSCAPES_CATEGORY, _VISTAS7),
 }
 
 
-def get_protocol(n_classes: int | str) -> Protocol:
+def get_protocol(n_classes: int | str) -> ClassProtocol:
     """The protocol for 16 or 7 classes."""
     try:
         return PROTOCOLS[int(n_classes)]

@@ -6,45 +6,28 @@ import dataclasses
 import json
 import os
 import random
+import signal
+import socket
 import time
 import warnings
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from .config import ConfigError, TrainConfig, load_preset, resolve_config, warm_start_recipe
-from .data import dada_dataloaders, parse_size
-from .errors import UserError
+from .config import ConfigError, TrainConfig, resolve_config, warm_start_recipe
+from .data import dada_dataloaders
+from .distributed import resolve_device
+from .preprocess import parse_size
+from .errors import DiskFullError, RunError, UserError
 from .losses import Lambdas
+from .run_folder import RunFolder
 
 __all__ = ['RunError', 'resolve_device', 'seed_everything', 'new_run_dir', 'build_dataloaders', 'build_learner',
            'train', 'resume', 'RunResult', 'epoch_length', 'default_workers', 'build_run_learner', 'resolve_precision',
-           'warm_start_key', 'warm_start_weights']
-
-
-class RunError(UserError, RuntimeError):
-    """A run that cannot start or continue (existing folder, missing device, nothing to resume)."""
-
-
-def resolve_device(device: str = 'auto') -> torch.device:
-    """'auto' -> CUDA when available (this process's GPU under accelerate), else CPU; 'cuda' without a GPU
-    is an error."""
-    from fastai.torch_core import num_distrib
-    if device == 'auto':
-        if num_distrib() > 1:
-            from accelerate import PartialState
-            return PartialState().device
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise RunError(f'--device {device} requested but CUDA is not available on this machine '
-                       '(no NVIDIA driver or a CPU-only torch); use --device cpu')
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise RunError(f'unknown device {device!r}; valid: auto, cpu, cuda, cuda:N') from None
+           'warm_start_key', 'warm_start_weights', 'tracked_run']
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -61,7 +44,7 @@ def new_run_dir(out: str | None, method: str) -> Path:
     """The path of a fresh run folder: `out`, or ./runs/<time>-<method>. Never a folder that holds a run.
     The caller creates it once everything that can fail early has been checked."""
     path = Path(out) if out else Path('runs') / f'{time.strftime("%Y%m%d-%H%M%S")}-{method}'
-    if path.exists() and any((path / f).exists() for f in ('config.yaml', 'last.pth', 'export.safetensors')):
+    if path.exists() and RunFolder(path).holds_run():
         raise RunError(f'run folder {path} already holds a run; continue it with --resume {path} or choose '
                        'another --out')
     if path.exists() and not path.is_dir():
@@ -118,8 +101,9 @@ def build_dataloaders(cfg: TrainConfig, device: torch.device | None = None):
     return dls
 
 
-def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
-    """The DADA learner a configuration asks for, with checkpoints in `run_dir`."""
+def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None, stage: str = 'training'):
+    """The DADA learner a configuration asks for, with checkpoints, history and logs in `run_dir`; progress lines
+    (when the output is a file) name the `stage`."""
     from .checkpoint import Checkpointer
     from .learner import OPTIMIZERS, dada_learner
     from .model import REFERENCE_ARCH
@@ -136,7 +120,7 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None):
                          precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
                          depth_scale=cfg.depth_scale, fusion_bias=cfg.fusion_bias, config=cfg.to_dict())
     from .history import add_run_logging
-    add_run_logging(learn, cfg, run_dir)  # history.csv, curves.png, --log loggers; plain progress lines in files
+    add_run_logging(learn, cfg, run_dir, stage)  # history.csv, curves.png, --log loggers; plain progress lines in files
     return learn
 
 
@@ -163,22 +147,23 @@ class RunResult(dict):
 def _finish(learn, cfg: TrainConfig, run_dir: Path, started: float, console=None) -> RunResult:
     from .checkpoint import export_inference
     from .distributed import is_main_process
+    folder = RunFolder(run_dir)
     iters = int(learn.train_iter)
     res = learn.evaluate()
     out = RunResult(run_dir=str(run_dir), iters=iters, seconds=round(time.time() - started, 1), **res)
     if not is_main_process():
         return out
-    export_inference(learn, run_dir / 'export.safetensors')
+    export_inference(learn, folder.export)
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         learn.show_results(max_n=4)
-        plt.savefig(run_dir / 'results.png', dpi=80, bbox_inches='tight')
+        plt.savefig(folder.picture, dpi=80, bbox_inches='tight')
         plt.close('all')
     except Exception as e:  # pictures must never cost a finished run
-        (console.print if console else print)(f'could not draw results.png: {e}')
-    (run_dir / 'results.json').write_text(json.dumps(out, indent=1))
+        (console.print if console else print)(f'could not draw {folder.picture.name}: {e}')
+    folder.write_results(out)
     return out
 
 
@@ -213,13 +198,14 @@ def _main_decides(fn, *args):
     return value
 
 
-def build_run_learner(cfg: TrainConfig, run_dir: Path | None = None, cbs=None, console=None, init: bool = True):
+def build_run_learner(cfg: TrainConfig, run_dir: Path | None = None, cbs=None, console=None, init: bool = True,
+                      stage: str = 'training'):
     """Seed, then build the DataLoaders and the learner of a run on this process's device (with `init`, from
     the warm start when the configuration asks for one; a resumed run loads its checkpoint instead)."""
     device = resolve_device(cfg.device)
     warm = warm_start_weights(cfg, console) if init and cfg.warm_start else None
     seed_everything(cfg.seed, cfg.deterministic)
-    learn = build_learner(cfg, build_dataloaders(cfg, device), run_dir, cbs)
+    learn = build_learner(cfg, build_dataloaders(cfg, device), run_dir, cbs, stage)
     if warm is not None:
         learn.model.load_state_dict(torch.load(warm, map_location='cpu', weights_only=True))
     return learn
@@ -234,7 +220,7 @@ def warm_start_key(cfg: TrainConfig) -> dict:
     """What a warm start depends on: the source, the sizes, the source-only recipe and the segmenter's parts
     (not the run's seed, adaptation map or adversarial settings, so that every seed of a recipe and every
     method with the same network share it)."""
-    from .learner import method_config
+    from .methods import method_config
     keep = ('source', 'classes', 'arch', 'layers', 'pretrained', 'weights', 'source_size', 'target_size', 'bs',
             'lr', 'wd', 'schedule', 'lambda_seg', 'lambda_depth', 'depth_scale', 'fusion_bias', 'norm', 'augment',
             'mode', 'precision', 'bn', 'toy', 'warm_start')
@@ -263,16 +249,16 @@ def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
     """The segmenter after a source-only stage of `cfg.warm_start` iterations: the run's network (depth block
     and fusion as its method has them, no discriminator) trained on the run's source with the run's recipe
     (labels, and depth where the network predicts it; `warm_start_recipe` may give it its own optimizer, rates,
-    batch size, schedule or depth weight), seed `WARM_START_SEED`. Trained once and cached under
-    $DADA_FASTAI_CACHE/warm_start (or ~/.cache/dada_fastai/warm_start): every seed, and every method with the
-    same network, starts from it, as the paper's methods all start from one ImageNet backbone."""
+    batch size, schedule or depth weight), seed `WARM_START_SEED`. Trained once and cached in the package's cache
+    (`storage.cache_dir('warm_start')`): every seed, and every method with the same network, starts from it, as the
+    paper's methods all start from one ImageNet backbone."""
     import hashlib
-    from .learner import MethodConfig, method_config
-    from .toy import default_root
+    from .methods import method_config
+    from .storage import cache_dir
     key = warm_start_key(cfg)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     net = 'depth' if key['network']['depth_block'] else 'plain'
-    path = default_root().parent / 'warm_start' / f'{cfg.arch}_{net}_{cfg.warm_start}it_{digest}.pth'
+    path = cache_dir('warm_start', f'{cfg.arch}_{net}_{cfg.warm_start}it_{digest}.pth')
     if path.is_file():
         return path
     from .distributed import is_main_process
@@ -280,12 +266,11 @@ def warm_start_weights(cfg: TrainConfig, console=None) -> Path:
         console.print(f'warm start: {cfg.warm_start} source-only iterations, once for this recipe '
                       f'(cached in {path.parent})')
     m = method_config(cfg.method)
-    stage = dataclasses.replace(cfg, method=MethodConfig(m.depth_block, m.feature_fusion, ()), iters=cfg.warm_start,
+    stage = dataclasses.replace(cfg, method=m.network, iters=cfg.warm_start,
                                 warm_start=0, warm_start_recipe=None, seed=WARM_START_SEED, checkpoint_every=0,
                                 eval_every=cfg.warm_start, out=None, **warm_start_recipe(cfg.warm_start_recipe))  # validates once
-    learn = build_run_learner(stage, None)
-    with learn.no_logging(), learn.no_bar():
-        _fit(learn, stage)
+    learn = build_run_learner(stage, None, stage='warm start')  # its progress reported as the main stage's
+    _fit(learn, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     torch.save({k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}, tmp)
@@ -308,11 +293,9 @@ def train(cfg: TrainConfig | None = None, console=None, cbs=None, **options) -> 
     cfg.out = str(run_dir)
     learn = build_run_learner(cfg, run_dir, cbs, console)  # bad data fails here, before the run folder exists
     if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        RunFolder(run_dir).write_config(cfg.to_dict())
     barrier()
     started = time.time()
-    from .history import tracked_run
     with tracked_run(run_dir, learn, cfg.iters):  # status.json: running, then finished, failed or stopped
         with distributed_training(learn):
             _fit(learn, cfg)
@@ -331,14 +314,14 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
     learn = build_run_learner(cfg, run_dir, cbs, init=False)  # the checkpoint holds the weights
     learn.create_opt()
     restore_training_state(learn, state, path)
-    if path.name != 'last.pth':  # last.pth is damaged: the next checkpoint replaces it, prev.pth stays as it is
+    folder = RunFolder(run_dir)
+    learn.checkpointer.saved_at = state['iteration']
+    if path != folder.last:  # last.pth is damaged: the next checkpoint replaces it, prev.pth stays as it is
         learn.checkpointer.rotate = False
     from .distributed import is_main_process
-    if is_main_process() and cfg.to_dict() != _saved_config(run_dir):
-        from .checkpoint import atomic_write_bytes
-        atomic_write_bytes(run_dir / 'config.yaml', yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    if is_main_process() and cfg.to_dict() != folder.load_config():
+        folder.write_config(cfg.to_dict())
     started = time.time()
-    from .history import tracked_run
     with tracked_run(run_dir, learn, cfg.iters):
         if state['iteration'] < cfg.iters:
             from .distributed import distributed_training
@@ -349,18 +332,6 @@ def resume(run_dir: str | Path, console=None, iters: int | None = None, cbs=None
         return _finish(learn, cfg, run_dir, started, console)
 
 
-def _saved_config(run_dir: Path) -> dict:
-    """The run's config.yaml as a mapping (ConfigError when it cannot be read)."""
-    path = run_dir / 'config.yaml'
-    if not path.is_file():
-        raise RunError(f'{run_dir} is not a run folder (no config.yaml); give the folder that `train --out` made')
-    try:
-        return load_preset(path)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f'cannot read {path} ({type(e).__name__}: {e}); restore it from the checkpoint\'s copy '
-                          'or start a new run') from None
-
-
 def _resume_state(run_dir: Path, options: dict, console=None) -> tuple[TrainConfig, dict, Path]:
     """(the configuration to continue with, the checkpoint's state, the checkpoint's path): the run's config.yaml
     checked as a preset and against its checkpoint, with the options that may change on resume applied."""
@@ -368,8 +339,9 @@ def _resume_state(run_dir: Path, options: dict, console=None) -> tuple[TrainConf
     from .checkpoint import CheckpointError, load_checkpoint
     from .config import check_config, check_option, flag, train_options
     specs = train_options()
-    saved = {**_saved_config(run_dir), 'out': str(run_dir)}  # the folder may have moved since
-    where = f' in {run_dir / "config.yaml"}'
+    folder = RunFolder(run_dir)
+    saved = {**folder.load_config(), 'out': str(run_dir)}  # the folder may have moved since
+    where = f' in {folder.config}'
     bad = sorted(set(saved) - set(specs))
     if bad:
         raise ConfigError(f'unknown option {bad[0]!r}{where}; a damaged or foreign config.yaml (restore it)')
@@ -387,8 +359,8 @@ def _resume_state(run_dir: Path, options: dict, console=None) -> tuple[TrainConf
             may = ', '.join(flag(k) for k, (_, opt) in specs.items() if opt.on_resume)
             raise ConfigError(f'{flag(name)} {value} cannot change when resuming {run_dir} (the run has '
                               f'{getattr(cfg, name)!r}); on resume only {may} may change; for another recipe start a '
-                              f'new run: --config {run_dir / "config.yaml"} {flag(name)} {value}')
-    last, prev = run_dir / 'last.pth', run_dir / 'prev.pth'
+                              f'new run: --config {folder.config} {flag(name)} {value}')
+    last, prev = folder.last, folder.prev
     try:
         state, path = load_checkpoint(last), last
     except CheckpointError as damaged:
@@ -418,9 +390,105 @@ def _same_run(cfg: TrainConfig, state: dict, path: Path, free: set[str], saved: 
     ours = json.loads(json.dumps(cfg.to_dict(), default=str))
     lacking = sorted(set(theirs) & set(ours) - saved) if isinstance(theirs, dict) else []
     if lacking:
-        raise CheckpointError(f'{path.parent / "config.yaml"} lacks {lacking[0]!r}, which {path} has; a damaged '
+        raise CheckpointError(f'{RunFolder(path.parent).config} lacks {lacking[0]!r}, which {path} has; a damaged '
                               'config.yaml: restore it')
     for name, value in theirs.items() if isinstance(theirs, dict) else ():
         if name in ours and name not in free and ours[name] != value:
-            raise CheckpointError(f'{path} was written by a run with {name} {value!r} but {path.parent / "config.yaml"} '
-                                  f'says {ours[name]!r}; restore config.yaml or give the matching checkpoint')
+            raise CheckpointError(f'{path} was written by a run with {name} {value!r} but '
+                                  f'{RunFolder(path.parent).config} says {ours[name]!r}; restore config.yaml or give '
+                                  'the matching checkpoint')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run's state
+# ---------------------------------------------------------------------------------------------------------
+def _one_line(e: BaseException, named: bool = True) -> str:
+    """The error's first line (without what fastai's callbacks wrap around it), after its type's name."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith('Exception occured in')]
+    if not named:
+        return lines[0] if lines else type(e).__name__
+    return f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (a batch scheduler's stop, `kill`) interrupt training as Ctrl-C does, so that the run is
+    recorded as stopped and its loggers closed; returns the handler to restore, None when another one was set
+    (or outside the main thread)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt('SIGTERM')
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    return signal.SIG_DFL
+
+
+def _iteration(learn) -> int:
+    """The run's last training iteration (`train_iter` is reset by fastai's `validate`)."""
+    it = getattr(getattr(learn, 'history', None), 'iteration', None)
+    return int(it if it is not None else getattr(learn, 'train_iter', 0) or 0)
+
+
+def _what_survives(learn, folder: RunFolder) -> str:
+    """What a user who runs out of disk space keeps, and how to go on."""
+    saved = getattr(getattr(learn, 'checkpointer', None), 'saved_at', None)
+    if saved:
+        return (f'the checkpoint of iteration {saved} ({folder.last}) is intact: free some space, then '
+                f'`dada-fastai train --resume {folder.path}` continues from it')
+    return 'no checkpoint of this run was written yet: free some space and start it again in a new folder'
+
+
+def _write_status(folder: RunFolder, status: dict, failing: bool = False) -> None:
+    """Record the run's state; while a run fails, a status that cannot be written (a full disk) is left as it
+    was rather than hiding the failure."""
+    try:
+        folder.write_status(status)
+    except OSError:
+        if not failing:
+            raise
+
+
+@contextmanager
+def tracked_run(run_dir: str | Path, learn, iters: int):
+    """Record in `status.json` that the run in `run_dir` is running (process id, host), then how it ended:
+    'finished', 'failed' (with the error's line) or 'stopped' (interrupted); the seconds spent across
+    sessions; and close the loggers. A full disk ends the run in one line that says which checkpoint survives and
+    that `--resume` continues from it. Main process only; the other processes just run the block."""
+    from .distributed import is_main_process
+    from .history import close_loggers
+    folder = RunFolder(run_dir)
+    if not is_main_process():
+        yield
+        return
+    prev = folder.read_status() or {}
+    now = time.time()
+    status = {'state': 'running', 'iter': int(getattr(learn, 'train_iter', 0) or 0), 'iters': int(iters),
+              'started': prev.get('started', round(now, 1)), 'elapsed': float(prev.get('elapsed', 0.)),
+              'sessions': int(prev.get('sessions', 0)) + 1, 'pid': os.getpid(), 'host': socket.gethostname()}
+    base = status['elapsed']
+    _write_status(folder, status)
+    previous = _stop_on_sigterm()
+    try:
+        yield
+    except BaseException as e:
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
+        if isinstance(e, DiskFullError):
+            e = DiskFullError(f'{_one_line(e, named=False)}; {_what_survives(learn, folder)}')
+        status.update(state='stopped' if stopped else 'failed', iter=_iteration(learn),
+                      elapsed=round(base + time.time() - now, 1))
+        if not stopped:
+            status['error'] = _one_line(e)
+        _write_status(folder, status, failing=True)
+        close_loggers(learn, exit_code=1)
+        if isinstance(e, DiskFullError):
+            raise e from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    status.update(state='finished', iter=_iteration(learn), elapsed=round(base + time.time() - now, 1))
+    status.pop('error', None)
+    _write_status(folder, status)
+    close_loggers(learn)

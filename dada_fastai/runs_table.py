@@ -8,7 +8,8 @@ import socket
 import time
 from pathlib import Path
 
-import yaml
+from .errors import RunError
+from .run_folder import RunFolder, is_validation_row
 
 __all__ = ['SORT_KEYS', 'is_run_dir', 'find_run_dirs', 'run_summary', 'collect_runs', 'sort_runs', 'runs_table',
            'print_runs']
@@ -18,24 +19,14 @@ _NUMERIC = {'iters', 'miou', 'miou13', 'duration'}  # sorted largest first
 _MAX_DEPTH = 3  # how deep `find_run_dirs` looks for run folders under a folder that is not one
 
 
-def _config(path: Path) -> dict | None:
-    """A run's config.yaml as a mapping, or None when the folder holds no run configuration."""
-    try:
-        cfg = yaml.safe_load((path / 'config.yaml').read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return cfg if isinstance(cfg, dict) and 'method' in cfg and 'iters' in cfg else None
-
-
 def is_run_dir(path: str | Path) -> bool:
     """Whether `path` is a run folder (`train` wrote its config.yaml there)."""
-    return _config(Path(path)) is not None
+    return RunFolder(path).read_config() is not None
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:
     """`path` itself when it is a run folder, else the run folders under it (up to three levels down, not
     inside runs); a one-line error when there are none."""
-    from .runs import RunError
     path = Path(path)
     if not path.exists():
         raise RunError(f'{path} not found; give run folders or a folder that holds them')
@@ -54,15 +45,6 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     if not found:
         raise RunError(f'{path} is not a run folder and holds none (no config.yaml written by `dada-fastai train`)')
     return found
-
-
-def _json(path: Path) -> dict | None:
-    import json
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _alive(pid) -> bool:
@@ -87,12 +69,12 @@ def run_summary(path: str | Path) -> dict:
     """One run as plain values: run, path, method, arch, iters_done, iters, miou, miou13 (%; the final
     evaluation, or the last validation of a run that did not finish, at `miou_iter`), per_class, date
     (start, ISO), started (epoch seconds), duration (seconds across sessions), status, error."""
-    from .history import HISTORY_FILE, STATUS_FILE, _is_valid_row, read_history
     path = Path(path)
-    cfg = _config(path) or {}
-    status = _json(path / STATUS_FILE)
-    results = _json(path / 'results.json')
-    _, rows, _, _ = read_history(path / HISTORY_FILE)
+    folder = RunFolder(path)
+    cfg = folder.read_config() or {}
+    status = folder.read_status()
+    results = folder.read_results()
+    _, rows, _, _ = folder.read_history()
     state, error = _state(status, results)
     last = max((int(r['iter']) for r in rows), default=None)
     done = max([int(v) for v in (last, (status or {}).get('iter'), (results or {}).get('iters')) if v is not None],
@@ -104,7 +86,7 @@ def run_summary(path: str | Path) -> dict:
         miou, miou13, miou_iter = results.get('miou'), results.get('miou13'), results.get('iters')
         per_class = results.get('per_class') or {}
     else:
-        valid = [r for r in rows if _is_valid_row(r) and r.get('miou')]
+        valid = [r for r in rows if is_validation_row(r) and r.get('miou')]
         if valid:
             r = valid[-1]
             miou, miou_iter = float(r['miou']), int(r['iter'])
@@ -112,7 +94,7 @@ def run_summary(path: str | Path) -> dict:
     started = (status or {}).get('started')
     if started is None:
         try:
-            started = (path / 'config.yaml').stat().st_mtime
+            started = folder.config.stat().st_mtime
         except OSError:
             started = None
     duration = (status or {}).get('elapsed')

@@ -24,6 +24,7 @@ from skimage.filters import gaussian
 from skimage.transform import resize
 
 from .datasets import write_cityscapes_sample, write_synthia_sample
+from .storage import cache_dir
 from .protocols import get_protocol, lookup_table
 
 __all__ = ['SKY_DEPTH', 'MATERIALS', 'SYNTHIA_ID', 'CITYSCAPES_ID', 'TRAIN_ID', 'ToyConfig', 'Camera', 'render_scene',
@@ -492,8 +493,9 @@ def _config_json(cfg: ToyConfig) -> str:
 
 
 def default_root() -> Path:
-    """$DADA_FASTAI_CACHE/toy, or ~/.cache/dada_fastai/toy."""
-    return Path(os.environ.get('DADA_FASTAI_CACHE', Path.home() / '.cache' / 'dada_fastai')) / 'toy'
+    """The toy pair's folder in the package's cache (`storage.cache_dir`): $DADA_FASTAI_CACHE/toy, else
+    $XDG_CACHE_HOME/dada_fastai/toy, else ~/.cache/dada_fastai/toy."""
+    return cache_dir('toy')
 
 
 STEREO_BASELINE = 0.209313  # metres, Cityscapes' stereo rig

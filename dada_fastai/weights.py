@@ -7,21 +7,12 @@ import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from .errors import UserError
-
-if TYPE_CHECKING:
-    from .model import DADA
+from .errors import WeightsError
 
 __all__ = ['WeightsError', 'load_weights_file', 'reference_name', 'load_official_state_dict', 'load_backbone_file']
-
-
-class WeightsError(UserError, RuntimeError):
-    """A weights file that cannot be used: missing, unsafe, or not matching the model."""
 
 
 _HEAD_RENAMES = {'layer6.conv2d_list.': 'classifier.convs.', 'enc4_1.': 'depth.enc1.', 'enc4_2.': 'depth.enc2.',
@@ -84,7 +75,7 @@ def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(sd)
 
 
-def load_official_state_dict(model: DADA, state_dict: Mapping[str, torch.Tensor]) -> DADA:
+def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load a reference DADA or AdvEnt snapshot into `model` (strict), or the DeepLab ImageNet initialisation
     (keys carry a one-word prefix and an unused `layer5`/`fc` classifier) into its backbone only."""
     sd = _strip_prefix(state_dict)

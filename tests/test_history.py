@@ -11,8 +11,10 @@ import pytest
 
 from dada_fastai.cli import main
 from dada_fastai.config import resolve_config
-from dada_fastai.history import (default_intervals, draw_curves, nice_interval, progress_mode, read_history,
-                                 read_status)
+from dada_fastai.callbacks import progress_mode
+from dada_fastai.history import default_intervals, nice_interval, read_history
+from dada_fastai.plots import draw_curves
+from dada_fastai.run_folder import RunFolder
 from dada_fastai.runs import resume, train
 from e2e import Crash as _Crash, cli_args, tiny_options, tiny_pair
 
@@ -81,7 +83,7 @@ def test_history_of_a_run(full):
     res = json.loads((full / 'results.json').read_text())
     assert float(rows[-1]['miou']) == pytest.approx(res['miou'], abs=1e-4)  # the final evaluation, once
     assert (full / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    status = read_status(full)
+    status = RunFolder(full).read_status()
     assert status['state'] == 'finished' and status['iter'] == status['iters'] == 4 and status['sessions'] == 1
 
 
@@ -89,12 +91,12 @@ def test_resume_continues_the_history_without_duplicates(full, crashed, tmp_path
     run = tmp_path / 'run'
     shutil.copytree(crashed, run)
     assert _keys(_rows(run))[-1] == (3, 'train')  # written before the crash, after the checkpoint at 2
-    assert read_status(run)['state'] == 'stopped'
+    assert RunFolder(run).read_status()['state'] == 'stopped'
     resume(run)
     rows = _rows(run)
     assert _keys(rows) == _keys(_rows(full))
     assert _values(rows) == _values(_rows(full))  # an exact resume: the same numbers as the uninterrupted run
-    status = read_status(run)
+    status = RunFolder(run).read_status()
     assert status['state'] == 'finished' and status['sessions'] == 2
 
 
@@ -216,4 +218,4 @@ def test_wandb_offline(pair, tmp_path, monkeypatch):
     run_id = (run / 'wandb' / 'run_id').read_text().strip()
     offline = list((run / 'wandb').glob(f'offline-run-*-{run_id}'))
     assert len(offline) == 1 and (offline[0] / f'run-{run_id}.wandb').stat().st_size > 0
-    assert read_status(run)['state'] == 'finished'
+    assert RunFolder(run).read_status()['state'] == 'finished'

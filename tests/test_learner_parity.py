@@ -10,7 +10,8 @@ from torch.testing import assert_close
 from conftest import golden_state
 from dada_fastai.learner import dada_learner
 from dada_fastai.losses import Lambdas
-from dada_fastai.model import load_official_state_dict, official_deeplabv2_depth, reference_name
+from dada_fastai.model import load_official_state_dict, official_deeplabv2_depth
+from dada_fastai.weights import reference_name
 
 
 class _CaptureGrads(Callback):

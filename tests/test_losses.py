@@ -1,4 +1,4 @@
-"""DADA's losses and one training iteration (losses.py), against direct implementations of the reference formulas."""
+"""DADA's losses (losses.py) and one training iteration (learner.run_iteration), against direct implementations of the reference formulas."""
 from __future__ import annotations
 
 
@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from dada_fastai.losses import (ADAPT_MAPS, IGNORE_INDEX, SOURCE_LABEL, TARGET_LABEL, Lambdas, adaptation_map,
-                                bce_to_label, berhu_loss, dada_fusion, dada_iteration, discriminator_loss,
+                                bce_to_label, berhu_loss, dada_fusion, discriminator_loss,
                                 fooling_loss, seg_loss, set_requires_grad, source_loss, upsample,
                                 weighted_self_information)
+from dada_fastai.learner import run_iteration
 from dada_fastai.model import DADA, Discriminator
 
 
@@ -251,7 +252,7 @@ def test_iteration_without_discriminators_is_source_only():
     _zero(model)
     calls = []
     model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
-    res = dada_iteration(model, {}, x_src, labels, depth, x_trg, lam)
+    res = run_iteration(model, {}, x_src, labels, depth, x_trg, lam)
     assert calls == [x_src.shape]  # no target forward
     assert res.seg_trg is None and res.depth_trg is None and not res.maps_trg and not res.maps_src
     assert set(res.losses) == {'seg_src', 'depth_src'}
@@ -284,7 +285,7 @@ def test_iteration_gradient_is_source_plus_weighted_fooling_loss():
     g_disc = _grads(disc)
 
     _zero(model, disc)
-    res = dada_iteration(model, {'dada': disc}, x_src, labels, depth, x_trg, lam)
+    res = run_iteration(model, {'dada': disc}, x_src, labels, depth, x_trg, lam)
     assert all(p.requires_grad for p in disc.parameters())
     assert set(res.losses) == {'seg_src', 'depth_src', 'adv_dada', 'd_src_dada', 'd_trg_dada'}
     assert_close(res.maps_trg['dada'].detach(), map_t.detach())
@@ -304,7 +305,7 @@ def test_iteration_with_two_discriminators():
     """S6 of the ablation: one discriminator on the surprisal, one on the depth."""
     model, (x_src, labels, depth, x_trg) = _model(), _batch(2)
     discs = {'surprisal': Discriminator(3, ndf=4), 'depth': Discriminator(1, ndf=4)}
-    res = dada_iteration(model, discs, x_src, labels, depth, x_trg, Lambdas(adv=1.))
+    res = run_iteration(model, discs, x_src, labels, depth, x_trg, Lambdas(adv=1.))
     assert res.maps_trg['surprisal'].shape == (1, 3, 40, 64) and res.maps_trg['depth'].shape == (1, 1, 40, 64)
     assert res.maps_src['surprisal'].shape == (1, 3, 32, 48) and res.maps_src['depth'].shape == (1, 1, 32, 48)
     for kind, d in discs.items():

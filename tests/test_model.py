@@ -18,8 +18,9 @@ from torch import nn
 from torch.testing import assert_close
 
 from dada_fastai.model import (DADA, REFERENCE_ARCH, DeepLabV2Classifier, DepthBlock, Discriminator, WeightsError,
-                               create_backbone, load_official_state_dict, load_weights_file, official_deeplabv2,
-                               official_deeplabv2_depth, param_groups, reference_name)
+                               create_backbone, load_official_state_dict, official_deeplabv2,
+                               official_deeplabv2_depth, param_groups)
+from dada_fastai.weights import load_weights_file, reference_name
 
 SMALL = (1, 1, 1, 1)  # block counts of the small reference copies
 

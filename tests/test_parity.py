@@ -6,8 +6,10 @@ import torch
 from torch.testing import assert_close
 
 from conftest import golden_state
-from dada_fastai.losses import Lambdas, dada_iteration
-from dada_fastai.model import Discriminator, load_official_state_dict, official_deeplabv2_depth, reference_name
+from dada_fastai.learner import run_iteration
+from dada_fastai.losses import Lambdas
+from dada_fastai.model import Discriminator, load_official_state_dict, official_deeplabv2_depth
+from dada_fastai.weights import reference_name
 
 OUT = dict(rtol=1e-4, atol=1e-5)  # outputs and losses (golden README)
 GRAD = dict(rtol=1e-3, atol=1e-9)  # gradient fingerprints (golden README)
@@ -23,12 +25,12 @@ def _models(golden):
 
 @pytest.fixture(scope='module')
 def iteration(golden):
-    """One reference iteration (train mode) computed by `dada_iteration`, the function training uses."""
+    """One reference iteration (train mode) computed by `run_iteration`, the function training uses."""
     t, js = golden['t'], golden['json']
     model, disc = _models(golden)
     model.train()
     lam = Lambdas(**js['lambdas'])
-    res = dada_iteration(model, {'dada': disc}, t['x_src'], t['labels'], t['depth'], t['x_trg'], lam)
+    res = run_iteration(model, {'dada': disc}, t['x_src'], t['labels'], t['depth'], t['x_trg'], lam)
     return model, disc, res
 
 

@@ -162,6 +162,21 @@ def test_config_key_and_default_root(monkeypatch, tmp_path):
         TINY.camera('real')
 
 
+def test_the_cache_follows_dada_fastai_cache_then_xdg_cache_home_then_home(monkeypatch, tmp_path):
+    from dada_fastai.storage import cache_dir
+    monkeypatch.delenv('DADA_FASTAI_CACHE', raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.delenv('XDG_CACHE_HOME', raising=False)
+    assert default_root() == tmp_path / 'home' / '.cache' / 'dada_fastai' / 'toy'
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert default_root() == tmp_path / 'xdg' / 'dada_fastai' / 'toy'
+    assert cache_dir('warm_start') == tmp_path / 'xdg' / 'dada_fastai' / 'warm_start'
+    monkeypatch.setenv('XDG_CACHE_HOME', 'relative/path')  # not absolute: ignored, as the XDG specification says
+    assert default_root() == tmp_path / 'home' / '.cache' / 'dada_fastai' / 'toy'
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'own'))
+    assert default_root() == tmp_path / 'own' / 'toy' and cache_dir('warm_start') == tmp_path / 'own' / 'warm_start'
+
+
 def test_readers_accept_the_pair(tmp_path):
     source, target = make_toy_pair(tmp_path, TINY)
     synthia = datasets.open_dataset(f'synthia:{source}', n_classes=7)

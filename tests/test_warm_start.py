@@ -145,3 +145,14 @@ def test_warm_start_recipe_may_weigh_the_depth_loss_its_own_way(pair, tmp_path, 
     mixed = resolve_config(None, **tiny_options(*pair, method='advent', warm_start=2,
                                                 warm_start_recipe={'lambda_depth': 4, 'lr': 1e-3}))
     assert warm_start_key(mixed)['recipe'] == {'lr': 1e-3}
+
+
+def test_the_warm_start_reports_its_progress_like_the_main_stage(pair, tmp_path, monkeypatch, capsys):
+    """Piped to a file, a first run's warm start prints progress lines of its own, not one line then silence."""
+    monkeypatch.setenv('DADA_FASTAI_CACHE', str(tmp_path / 'cache'))
+    train(resolve_config(None, **tiny_options(*pair, warm_start=4, iters=2, progress='lines', print_every=2,
+                                              out=str(tmp_path / 'run'))))
+    lines = capsys.readouterr().out.splitlines()
+    stage = [ln for ln in lines if ln.startswith('warm start: iterations 0 to 4')]
+    assert stage and any(ln.startswith('iter 2/4') for ln in lines[lines.index(stage[0]):])
+    assert any(ln.startswith('training: iterations 0 to 2') for ln in lines)

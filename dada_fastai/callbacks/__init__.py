@@ -2,22 +2,27 @@
 
 - `adversarial`: `DADATrainer`, the adversarial half of each iteration (target forward, fooling loss, the
   discriminators' losses and their optimizer);
-- `loss_terms`: `TrainTerm`, a loss term of the training iterations as a column of the progress table;
-- `schedule`: learning rates and budgets (`poly_decay`, `HeadLR`, `IterBudget`, `SetEpoch`);
+- `loss_terms`: `TrainTerm`, a loss term of the training iterations as a column of the progress table, and
+  `TermMeter`, their averages between two rows of a log;
+- `schedule`: learning rates and budgets (`poly_decay`, `HeadLR`, `IterBudget`, `SetEpoch`, `learning_rates`);
 - `batchnorm`: `FrozenBatchNorm` and `uses_batch_statistics`;
 - `backend`: the CUDA backend settings (`CudaBackend`, `tf32`, `cudnn_autotuner`), contexts around fit and validation;
 - `nonfinite`: `NonFiniteGuard`, what a NaN or infinite loss does;
 - `mixed_precision`: `DeviceMixedPrecision`, fastai's mixed precision on any device;
-- `progress`: `TableProgress` and `ThrottledProgress`, the progress bars and epoch table."""
+- `progress`: `TableProgress` and `ThrottledProgress`, the progress bars and epoch table, and `LineProgress`,
+  plain lines for logs written to files;
+- `tensorboard`, `wandb`: the optional loggers' sinks (imported only when `--log` asks for them)."""
 from .adversarial import DADATrainer
 from .backend import CudaBackend, cudnn_autotuner, tf32
 from .batchnorm import FrozenBatchNorm, uses_batch_statistics
-from .loss_terms import TrainTerm
-from .mixed_precision import DeviceMixedPrecision
+from .loss_terms import TermMeter, TrainTerm, batch_terms, validation_values
+from .mixed_precision import DeviceMixedPrecision, cpu_has_native_bf16, default_precision
 from .nonfinite import NonFiniteGuard, NonFiniteLoss
-from .progress import TableProgress, ThrottledProgress, fit_number
-from .schedule import HeadLR, IterBudget, SetEpoch, finding_lr, poly_decay
+from .progress import LineProgress, TableProgress, ThrottledProgress, fit_number, progress_mode
+from .schedule import HeadLR, IterBudget, SetEpoch, finding_lr, learning_rates, poly_decay
 
-__all__ = ['TrainTerm', 'DADATrainer', 'HeadLR', 'IterBudget', 'SetEpoch', 'poly_decay', 'finding_lr', 'NonFiniteLoss',
-           'NonFiniteGuard', 'uses_batch_statistics', 'CudaBackend', 'tf32', 'cudnn_autotuner', 'FrozenBatchNorm',
-           'DeviceMixedPrecision', 'TableProgress', 'ThrottledProgress', 'fit_number']
+__all__ = ['TrainTerm', 'TermMeter', 'batch_terms', 'validation_values', 'DADATrainer', 'HeadLR', 'IterBudget',
+           'SetEpoch', 'poly_decay', 'finding_lr', 'learning_rates', 'NonFiniteLoss', 'NonFiniteGuard',
+           'uses_batch_statistics', 'CudaBackend', 'tf32', 'cudnn_autotuner', 'FrozenBatchNorm', 'DeviceMixedPrecision',
+           'cpu_has_native_bf16', 'default_precision',
+           'TableProgress', 'ThrottledProgress', 'LineProgress', 'progress_mode', 'fit_number']

@@ -1,4 +1,5 @@
-"""Mixed precision on any device: fastai's `MixedPrecision`, with the scaler that the discriminators share."""
+"""Mixed precision on any device: fastai's `MixedPrecision`, with the scaler that the discriminators share; and the
+precision fast mode takes when none is asked for (bf16 where the hardware computes it natively)."""
 from __future__ import annotations
 
 import warnings
@@ -6,7 +7,7 @@ import warnings
 import torch
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 
-__all__ = ['DeviceMixedPrecision']
+__all__ = ['DeviceMixedPrecision', 'cpu_has_native_bf16', 'default_precision']
 
 
 class DeviceMixedPrecision(MixedPrecision):
@@ -42,3 +43,23 @@ class DeviceMixedPrecision(MixedPrecision):
     def after_step(self):
         if getattr(self.learn, 'scaler_stepped', False):  # an iteration skipped before any step leaves the scale
             super().after_step()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16), as torch reports it."""
+    caps = {}
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # older torch: the private probes it had
+        for name, probe in (('avx512_bf16', '_is_avx512_bf16_supported'), ('amx_bf16', '_is_amx_tile_supported')):
+            fn = getattr(torch.cpu, probe, None)
+            caps[name] = bool(fn()) if fn is not None else False
+    return any(bool(caps.get(k)) for k in ('avx512_bf16', 'amx_bf16', 'bf16', 'sve_bf16', 'neon_bf16'))
+
+
+def default_precision(device=None) -> str:
+    """Fast mode's precision when none is asked for: bf16 on GPU and on CPUs with native bf16, else fp32."""
+    dev = torch.device(device) if device is not None else torch.device('cpu')
+    if dev.type == 'cuda':
+        return 'bf16'
+    return 'bf16' if dev.type == 'cpu' and cpu_has_native_bf16() else 'fp32'

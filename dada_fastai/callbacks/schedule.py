@@ -1,11 +1,11 @@
 """Learning rates and budgets: the reference's poly schedule, the head's 10x rate, training for a number of
-iterations, and the epoch that seeds the paired DataLoader."""
+iterations, the epoch that seeds the paired DataLoader, and the rates now (`learning_rates`)."""
 from __future__ import annotations
 
 from fastai.callback.core import Callback, CancelFitException, TrainEvalCallback
 from fastai.callback.schedule import LRFinder, ParamScheduler
 
-__all__ = ['poly_decay', 'HeadLR', 'IterBudget', 'SetEpoch', 'finding_lr']
+__all__ = ['poly_decay', 'HeadLR', 'IterBudget', 'SetEpoch', 'finding_lr', 'learning_rates']
 
 
 def poly_decay(start: float, power: float = 0.9):
@@ -56,6 +56,22 @@ class IterBudget(Callback):
         # a budget spent on the epoch's last batch lets the epoch validate and log; mid-epoch, training stops
         if self.training and self.train_iter >= self.n_iters and self.iter + 1 < self.n_iter:
             raise CancelFitException()
+
+
+def learning_rates(learn) -> dict[str, float]:
+    """The learning rates now: the backbone's (`lr`), the head's (`lr_head`) and the discriminators' (`lr_d`), where
+    there are such parameter groups."""
+    out = {}
+    opt = getattr(learn, 'opt', None)
+    if opt is not None:
+        hypers = opt.hypers
+        out['lr'] = float(hypers[0]['lr'])
+        if len(hypers) > 1:
+            out['lr_head'] = float(hypers[1]['lr'])
+    d_opt = getattr(getattr(learn, 'dada', None), 'd_opt', None)
+    if d_opt is not None:
+        out['lr_d'] = float(d_opt.hypers[0]['lr'])
+    return out
 
 
 def finding_lr(learn) -> bool:
