@@ -1,5 +1,8 @@
-"""The adaptation gap on the built-in toy pair: source-only (S1), AdvEnt (S2), DADA (S7) and a target-supervised
-oracle, over several seeds, with the training settings of `dada-fastai train` with no data (`config._toy_defaults`).
+"""The adaptation gap on the built-in toy pair: source-only (S1), AdvEnt (S2), DADA (S7), self-training (DACS on the
+plain network; DADA with self-training, with the depth-aware mix and with ClassMix) and a target-supervised oracle,
+over several seeds, with the training settings of `dada-fastai train` with no data (`config._toy_defaults`). Only the
+last model of a run counts (a self-training run's student, as `dada-fastai train` evaluates it; its teacher's mIoU is
+recorded beside it).
 
 The oracle trains `source_only` on the labelled train split of the toy pair's Cityscapes folder (used as both
 source and target; it has no depth, which the depth block treats as missing) and is evaluated, like the others,
@@ -7,6 +10,7 @@ on the target validation split. Per-run results are appended to a JSON file as t
 it are skipped, so an interrupted benchmark continues where it stopped.
 
     python benchmarks/toy_gap.py                       # 4 methods x 3 seeds, the CLI's toy defaults
+    python benchmarks/toy_gap.py --methods source_only,advent,dada,dacs,dada_st,dada_st_classmix --iters 600
     python benchmarks/toy_gap.py --methods source_only,oracle --seeds 0 --iters 300
     python benchmarks/toy_gap.py --methods source_only,dada --set lambda_adv=1e-2   # another setting
     python benchmarks/toy_gap.py --methods dada --seeds 0 --save models   # keeps models/dada_seed0.safetensors
@@ -24,18 +28,25 @@ import numpy as np
 import torch
 
 from dada_fastai.checkpoint import export_inference
-from dada_fastai.config import ConfigError, TrainConfig, check_config, load_preset, resolve_config
+from dada_fastai.config import (SELF_TRAINING_OPTIONS, ConfigError, TrainConfig, check_config, load_preset,
+                                resolve_config)
+from dada_fastai.methods import method_config
 from dada_fastai.runs import build_run_learner, resolve_device, resolve_precision
 from dada_fastai.toy import ToyConfig, config_key, make_toy_pair
 
 METHODS = {'source_only': 'S1 source only', 'advent': 'S2 AdvEnt', 'dada': 'S7 DADA',
-           'oracle': 'oracle (target-supervised)'}
+           'oracle': 'oracle (target-supervised)'}  # the default rows
+VARIANTS = {'dacs': ('dacs', {}), 'dada_st': ('dada_st', {}),  # row -> (method, settings of its own)
+            'dada_st_classmix': ('dada_st', {'st_mix': 'class'}), 'oracle': ('source_only', {})}
+LABELS = {**METHODS, 'dacs': 'DACS (self-training)', 'dada_st': 'DADA + self-training (depth-aware mix)',
+          'dada_st_classmix': 'DADA + self-training (ClassMix)'}
 
 
 def run_one(method: str, seed: int, args) -> dict:
     """Train one run with the toy defaults and return its target-validation results."""
-    options = dict(method='source_only' if method == 'oracle' else method, seed=seed, iters=args.iters,
-                   arch=args.arch, device=args.device)  # device None: the setting's, else auto
+    base, own = VARIANTS.get(method, (method, {}))
+    options = dict(method=base, seed=seed, iters=args.iters, arch=args.arch, device=args.device, **own)  # device
+    # None: the setting's, else auto
     if args.size:
         options.update(source_size=args.size, target_size=args.size)
     cfg = run_config(args, **options)  # no source/target: the built-in toy pair and its defaults
@@ -52,6 +63,7 @@ def run_one(method: str, seed: int, args) -> dict:
             stack.enter_context(learn.no_logging())
         learn.fit_iters(cfg.iters, lr=cfg.lr, schedule=cfg.schedule)
         res = learn.evaluate()
+        teacher = learn.evaluate(network='teacher')['miou'] if hasattr(learn, 'teacher') else None
     seconds = round(time.time() - started, 1)
     saved = {}
     if args.save:  # the trained model, for benchmarks/toy_depth.py, fusion_gate.py or `dada-fastai predict`
@@ -60,15 +72,19 @@ def run_one(method: str, seed: int, args) -> dict:
         saved['model'] = str(export_inference(learn, path))
     return dict(method=method, seed=seed, iters=cfg.iters, arch=cfg.arch, size=cfg.source_size,
                 toy=config_key(toy), overrides=_overrides_key(args.setting), miou=res['miou'],
-                per_class=res['per_class'], depth=res.get('depth'), seconds=seconds, **saved)
+                per_class=res['per_class'], depth=res.get('depth'), seconds=seconds,
+                **({'teacher_miou': teacher} if teacher is not None else {}), **saved)
 
 
 def run_config(args, **options) -> TrainConfig:
     """A run's configuration: the toy defaults, then the preset of --config, then the --set values, then `options`.
     An explicit null (`--set fusion_bias=null`) sets the option to its None (PyTorch's default initialisation, for
     `fusion_bias`), which `resolve_config` would take for 'not given'."""
-    cfg = resolve_config(args.config, **{**args.overrides, **options})
-    for name, value in args.overrides.items():
+    overrides = args.overrides
+    if not method_config(options.get('method') or 'dada').self_training:  # self-training's settings: its rows only
+        overrides = {k: v for k, v in overrides.items() if k not in SELF_TRAINING_OPTIONS}
+    cfg = resolve_config(args.config, **{**overrides, **options})
+    for name, value in overrides.items():
         if value is None and name not in options:
             setattr(cfg, name, None)
     check_config(cfg)
@@ -117,7 +133,7 @@ def table(results: list[dict], methods: list[str], seeds: list[int], title: str)
             summary, spread = f'{vals.mean():.1f}{std}', f'{vals.min():.1f}-{vals.max():.1f}'
         else:
             summary = spread = '-'
-        t.add_row(METHODS.get(m, m), summary, spread,
+        t.add_row(LABELS.get(m, m), summary, spread,
                   *(f'{by_seed[s]:.1f}' if s in by_seed else '-' for s in seeds))
     return t, means
 
@@ -140,11 +156,11 @@ def class_table(results: list[dict], methods: list[str], title: str):
             vals = [r['per_class'][c] for r in rs if r['per_class'].get(c) is not None]
             cells.append(f'{np.mean(vals):.1f}' if vals else '-')
         d1 = [r['depth']['delta1'] for r in rs if r.get('depth') and m in DEPTH_METHODS]
-        t.add_row(METHODS.get(m, m), *cells, f'{np.mean(d1):.2f}' if d1 else '-')
+        t.add_row(LABELS.get(m, m), *cells, f'{np.mean(d1):.2f}' if d1 else '-')
     return t
 
 
-DEPTH_METHODS = ('dada', 's3', 's4', 's5', 's6', 's7', 'depth_source_only')  # networks with the depth block
+DEPTH_METHODS = ('dada', 's3', 's4', 's5', 's6', 's7', 'depth_source_only', 'dada_st', 'dada_st_classmix')  # depth block
 
 
 def bar_chart(results: list[dict], methods: list[str], seeds: list[int], path: Path, title: str) -> None:
@@ -158,10 +174,10 @@ def bar_chart(results: list[dict], methods: list[str], seeds: list[int], path: P
         if not vals:
             continue
         ax.bar(i, np.mean(vals), yerr=np.std(vals, ddof=1) if len(vals) > 1 else None, capsize=6,
-               color=('#999999', '#6b9bd1', '#d1605e', '#59a14f')[i % 4], alpha=0.85)
+               color=('#999999', '#6b9bd1', '#d1605e', '#59a14f', '#b07aa1', '#f28e2b', '#edc948', '#76b7b2')[i % 8], alpha=0.85)
         ax.scatter([i] * len(vals), vals, color='k', s=12, zorder=3)
         ax.text(i, np.mean(vals) + 0.6, f'{np.mean(vals):.1f}', ha='center', va='bottom', fontsize=9)
-    ax.set_xticks(range(len(methods)), [METHODS.get(m, m) for m in methods], fontsize=8)
+    ax.set_xticks(range(len(methods)), [LABELS.get(m, m) for m in methods], fontsize=8)
     ax.set_ylabel('target mIoU (%)')
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -175,7 +191,8 @@ def main(argv=None):
     p.add_argument('--seeds', default='0,1,2', help='comma-separated training seeds')
     p.add_argument('--arch', default=None, help='timm backbone (default: the toy default, resnet10t)')
     p.add_argument('--size', default=None, help='HxW of training and validation images (default: the toy default, 96x192)')
-    p.add_argument('--methods', default=','.join(METHODS), help=f'comma-separated, among {", ".join(METHODS)}')
+    p.add_argument('--methods', default=','.join(METHODS), help=f'comma-separated, among {", ".join(LABELS)} (or any '
+                   'method of dada-fastai train)')
     p.add_argument('--device', default=None, help='auto (default), cpu, cuda or cuda:N')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--json', default='toy_gap.json', help='per-run results, appended as runs finish')
@@ -195,10 +212,10 @@ def main(argv=None):
     args.overrides = _parse_set(args.set)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
-    from dada_fastai.learner import METHODS as LEARNER_METHODS
-    bad = [m for m in methods if m not in METHODS and m not in LEARNER_METHODS]
+    from dada_fastai.methods import METHODS as LEARNER_METHODS
+    bad = [m for m in methods if m not in LABELS and m not in LEARNER_METHODS]
     if bad:  # the paper's rows and the oracle, or any other method or ablation (s3..s6, depth_source_only)
-        p.error(f'unknown method {bad[0]!r}; valid: {", ".join(dict.fromkeys([*METHODS, *LEARNER_METHODS]))}')
+        p.error(f'unknown method {bad[0]!r}; valid: {", ".join(dict.fromkeys([*LABELS, *LEARNER_METHODS]))}')
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -241,12 +258,18 @@ def main(argv=None):
     console = Console(width=140)
     console.print(t)
     console.print(class_table(shown, methods, 'Per-class target IoU (%), mean over the seeds shown'))
-    depth = [r['depth'] for r in shown if r.get('depth') and r['method'] in DEPTH_METHODS]
-    if depth:
-        print(f"depth on the target (DADA, mean over seeds): delta1={np.mean([d['delta1'] for d in depth]):.3f} "
-              f"abs_rel={np.mean([d['abs_rel'] for d in depth]):.3f}; a constant depth: "
-              f"delta1={np.mean([d['baseline_delta1'] for d in depth]):.3f} "
-              f"abs_rel={np.mean([d['baseline_abs_rel'] for d in depth]):.3f} ({depth[0]['note']})")
+    for m in [m for m in methods if m in DEPTH_METHODS]:
+        depth = [r['depth'] for r in shown if r.get('depth') and r['method'] == m]
+        if depth:
+            print(f"depth on the target ({LABELS.get(m, m)}, mean over seeds): "
+                  f"delta1={np.mean([d['delta1'] for d in depth]):.3f} abs_rel={np.mean([d['abs_rel'] for d in depth]):.3f}; "
+                  f"a constant depth: delta1={np.mean([d['baseline_delta1'] for d in depth]):.3f} "
+                  f"abs_rel={np.mean([d['baseline_abs_rel'] for d in depth]):.3f} ({depth[0]['note']})")
+    teachers = {m: [r['teacher_miou'] for r in shown if r['method'] == m and r.get('teacher_miou') is not None]
+                for m in methods}
+    for m, values in teachers.items():
+        if values:
+            print(f'{LABELS.get(m, m)}: its teacher scores {np.mean(values):.1f} on the mean (the student is what counts)')
     if args.figure:
         bar_chart(shown, methods, seeds, Path(args.figure),
                   f'Toy pair: target mIoU, {args.arch} {size}, {args.iters} iterations{extra}, {len(seeds)} seeds')

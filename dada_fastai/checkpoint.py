@@ -17,7 +17,7 @@ from .storage import atomic_write_bytes
 
 __all__ = ['CheckpointError', 'atomic_write_bytes', 'training_state', 'save_checkpoint', 'load_checkpoint',
            'restore_training_state', 'Checkpointer', 'ResumeFrom', 'export_inference', 'load_inference_file',
-           'CHECKPOINT_FORMAT', 'EXPORT_FORMAT']
+           'CHECKPOINT_FORMAT', 'EXPORT_FORMAT', 'NETWORKS']
 
 CHECKPOINT_FORMAT = 'dada-fastai-checkpoint-v1'
 EXPORT_FORMAT = 'dada-fastai-export-v1'
@@ -59,6 +59,9 @@ def training_state(learn, iteration: int, epoch: int, iter_in_epoch: int, config
         state['opt'] = learn.opt.state_dict()
     if hasattr(learn, 'dada'):
         state['dada'] = learn.dada.state_dict()
+    if hasattr(learn, 'teacher'):  # self-training's mean teacher and its step, and its random draws
+        state['teacher'] = learn.teacher.state_dict()
+        state['self_training'] = learn.self_training.state_dict()
     scaler = scaler if scaler is not None else getattr(learn, 'scaler', None)
     if scaler is not None and scaler.is_enabled():  # fp16: the loss scale and its growth tracker
         state['scaler'] = scaler.state_dict()
@@ -135,6 +138,13 @@ def restore_training_state(learn, state: dict, path: str | Path = 'checkpoint') 
             learn.dada.load_state_dict(state['dada'])
         except (RuntimeError, KeyError) as e:
             raise CheckpointError(f'{path}: discriminators do not fit this method ({" ".join(str(e).split())[:200]})') from None
+    if 'teacher' in state and hasattr(learn, 'teacher'):
+        try:
+            learn.teacher.load_state_dict(state['teacher'])
+            if 'self_training' in state:
+                learn.self_training.load_state_dict(state['self_training'])
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise CheckpointError(f'{path}: its teacher does not fit this model ({" ".join(str(e).split())[:200]})') from None
     try:
         if state.get('opt') is not None:
             if learn.opt is None:
@@ -225,15 +235,26 @@ def export_inference(learn, path: str | Path) -> Path:
     return atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def load_inference_file(path: str | Path) -> tuple[dict, dict]:
-    """(state dict, metadata) of an exported model, or of a training checkpoint."""
+NETWORKS = ('student', 'teacher')  # what a self-training run's files hold; exports hold the student
+
+
+def load_inference_file(path: str | Path, network: str = 'student') -> tuple[dict, dict]:
+    """(state dict, metadata) of an exported model, or of a training checkpoint. `network='teacher'` reads a
+    self-training run's mean teacher, which its checkpoints hold (exports hold the student, the network a run
+    evaluates and exports)."""
+    if network not in NETWORKS:
+        raise CheckpointError(f'unknown network {network!r}; valid: {", ".join(NETWORKS)}')
     path = Path(path)
     if path.is_dir():
-        found = RunFolder(path).model_file()
-        if found is None:
-            raise CheckpointError(f'no {EXPORT_FILE} or {LAST_CHECKPOINT} in {path}')
+        found = RunFolder(path).last if network == 'teacher' else RunFolder(path).model_file()
+        if found is None or not found.is_file():
+            raise CheckpointError(f'no {LAST_CHECKPOINT} in {path}' if network == 'teacher' else
+                                  f'no {EXPORT_FILE} or {LAST_CHECKPOINT} in {path}')
         path = found
     if path.suffix == '.safetensors':
+        if network == 'teacher':
+            raise CheckpointError(f'{path} is an export, which holds the student alone; for the teacher give the '
+                                  f'run folder or its {LAST_CHECKPOINT}')
         from safetensors import safe_open
         if not path.is_file():
             raise CheckpointError(f'model file not found: {path}')
@@ -247,6 +268,12 @@ def load_inference_file(path: str | Path) -> tuple[dict, dict]:
             raise CheckpointError(f'{path} is not a dada-fastai export (no metadata)')
         return sd, _model_meta(meta.get('meta'), path)
     state = load_checkpoint(path)
+    if network == 'teacher':
+        teacher = state.get('teacher')
+        if not isinstance(teacher, dict) or not isinstance(teacher.get('model'), dict):
+            raise CheckpointError(f'{path} holds no teacher: not a self-training run (dacs, dada_st), or one stopped '
+                                  'before its first iteration')
+        return teacher['model'], _model_meta(state['meta'], path)
     return state['model'], _model_meta(state['meta'], path)
 
 

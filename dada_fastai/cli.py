@@ -130,12 +130,13 @@ def evaluate(
     max_images: Annotated[int, Option('evaluate on the first N images only', low=1)] = None,
     device: Annotated[str, Option('auto, cpu, cuda or cuda:N', check=device_rule)] = 'auto',
     precision: Annotated[str, Option('fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', choices=_train_choices('precision'))] = 'fp32',
+    network: Annotated[str, Option('the network of a self-training run: student (what it exports) or teacher (its mean teacher, from the checkpoint)', choices=lambda: ('student', 'teacher'))] = 'student',
     json_out: Annotated[store_true, 'print one JSON object'] = False,
 ):
     """Evaluate a model on a target validation set: per-class IoU, mIoU, mIoU*, negative transfer and depth."""
     from .inference import evaluate_model
     res = evaluate_model(model, target, classes=classes, target_size=target_size, baseline=baseline,
-                         max_images=max_images, device=device, precision=precision)
+                         max_images=max_images, device=device, precision=precision, network=network)
     if json_out:
         print(json.dumps(res))
     else:

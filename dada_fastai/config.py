@@ -19,7 +19,7 @@ from .run_folder import RunFolder, read_mapping
 __all__ = ['TrainConfig', 'Option', 'option', 'train_options', 'check_option', 'check_config', 'describe', 'flag',
            'option_choices', 'value_type', 'dataset_spec_rule', 'size_rule', 'device_rule',
            'out_folder_rule', 'preset_rule', 'run_folder_rule', 'model_file_rule', 'PRESET_DIR', 'list_presets', 'load_preset', 'resolve_config', 'ConfigError',
-           'WARM_START_RECIPE', 'warm_start_recipe']
+           'WARM_START_RECIPE', 'warm_start_recipe', 'SELF_TRAINING_OPTIONS']
 
 PRESET_DIR = Path(__file__).parent / 'presets'
 
@@ -159,6 +159,15 @@ def warm_start_recipe_rule(value) -> str | None:
     return None
 
 
+SELF_TRAINING_OPTIONS = ('st_alpha', 'st_threshold', 'st_mix', 'lambda_st', 'st_source_weight', 'lambda_st_depth',
+                         'st_start', 'st_augment')  # what self-training methods take, and only they
+
+
+def _method(name: str):
+    from .methods import method_config
+    return method_config(name)
+
+
 def _methods() -> Sequence[str]:
     from .methods import METHODS
     return tuple(METHODS)
@@ -177,8 +186,8 @@ class TrainConfig:
     target: str | None = option(None, 'KIND:DIR of the target (train split unlabelled, val split labelled)',
                                 check=dataset_spec_rule)
     classes: Literal[16, 7] = option(16, 'class protocol')
-    method: str = option('dada', 'source_only (S1), advent (S2), s3..s6, dada (S7), depth_source_only',
-                         choices=_methods)
+    method: str = option('dada', 'source_only (S1), advent (S2), s3..s6, dada (S7), depth_source_only; with '
+                         'self-training: dacs, dada_st', choices=_methods)
     arch: str = option('deeplabv2_resnet101', 'backbone: any timm model name, or deeplabv2_resnet101 (the '
                        'reference DeepLab-v2)', check=arch_rule)
     layers: list[int] | None = option(None, 'block counts of the reference backbone (default 3, 4, 23, 3)',
@@ -216,6 +225,24 @@ class TrainConfig:
                                             "depth weight "
                                             f"(some of {', '.join(WARM_START_RECIPE)}; default: the run's)",
                                             check=warm_start_recipe_rule, cli=False)
+    init: str | None = option(None, "start the segmenter (and a self-training run's teacher) from a finished run's "
+                              "model: a run folder, checkpoint or export of the same network (no warm start then)",
+                              check=model_file_rule)
+    st_alpha: float = option(0.99, "self-training: the mean teacher's EMA rate (DACS: 0.99; CorDA, DAFormer: 0.999)",
+                             above=0, high=1)
+    st_threshold: float = option(0.968, 'self-training: confidence that counts a pseudo-label (DACS: 0.968); an image '
+                                 "weighs its pseudo-labels by the share of its pixels at or above it", low=0, high=1)
+    st_mix: Literal['auto', 'class', 'depth'] = option('auto', "self-training: ClassMix ('class'), or depth-aware "
+                                                      "('depth': a pasted source pixel kept only where it is nearer "
+                                                      "than the target it covers); auto: depth where the network "
+                                                      "predicts it")
+    lambda_st: float = option(1., 'self-training: weight of the mixed image\'s cross-entropy (DACS: 1)', low=0)
+    st_source_weight: float = option(1., "self-training: weight of the source pixels pasted into a mixed image, "
+                                     "against its pseudo-labels' confidence weight (DACS: 1)", low=0)
+    lambda_st_depth: float = option(1e-4, "self-training: weight of the berHu depth loss on a mixed image's source "
+                                    "pixels (CorDA: a tenth of the source's depth weight)", low=0)
+    st_start: int = option(0, 'self-training: the iteration it starts at (0: from the first)', low=0)
+    st_augment: bool = option(True, 'self-training: colour jitter and blur on the mixed images (DACS, DAFormer)')
     seed: int = option(1234, 'random seed (paper: 1234)', low=0, high=2 ** 32 - 1)
     checkpoint_every: int = option(2000, 'iterations between checkpoints (0: only at the end)', low=0,
                                    on_resume=True)
@@ -405,6 +432,10 @@ def resolve_config(preset: str | Path | None = None, **options) -> TrainConfig:
         raise ConfigError('give both --source and --target, or neither (to train on the built-in toy pair)')
     cfg = TrainConfig(**values)
     check_config(cfg)
+    given = sorted(k for k in explicit if k in SELF_TRAINING_OPTIONS)
+    if given and not _method(cfg.method).self_training:
+        raise ConfigError(f'{flag(given[0])} applies to self-training, not to --method {cfg.method}; use --method '
+                          'dacs or dada_st')
     return cfg
 
 
@@ -417,6 +448,10 @@ def check_config(cfg: TrainConfig, where: str = '') -> None:
     """Raise ConfigError unless every option of `cfg` is valid and they fit together (`where`: ' in FILE')."""
     for name, (kind, opt) in train_options().items():
         setattr(cfg, name, check_option(name, kind, opt, getattr(cfg, name), where))
+    method = _method(cfg.method)
+    if cfg.st_mix == 'depth' and not method.depth_block:
+        raise ConfigError(f'--st-mix depth{where} needs the teacher\'s depth: a network with the depth block '
+                          f'(dada_st), not --method {cfg.method}; use --st-mix class')
     if cfg.mode != 'fast' and (cfg.compile or cfg.precision not in (None, 'fp32')):
         what = f'--precision {cfg.precision}' if cfg.precision not in (None, 'fp32') else '--compile'
         raise ConfigError(f'{what} applies to --mode fast (the faithful mode runs in float32, uncompiled); '

@@ -97,11 +97,13 @@ class LoadedModel:
         return prediction_triple(probs[0].cpu(), probs.argmax(1)[0].cpu(), depth, self.protocol)
 
 
-def load_model(path: str | Path, device: str | torch.device = 'auto', precision: str = 'fp32') -> LoadedModel:
+def load_model(path: str | Path, device: str | torch.device = 'auto', precision: str = 'fp32',
+               network: str = 'student') -> LoadedModel:
     """Rebuild the segmenter of a run folder, checkpoint or export and load its weights (safely). `precision`:
-    'fp32' (default), or 'bf16'/'fp16' autocast (faster on GPUs and on CPUs with native bf16)."""
+    'fp32' (default), or 'bf16'/'fp16' autocast (faster on GPUs and on CPUs with native bf16). `network`: the
+    student (what every run evaluates and exports), or a self-training run's mean teacher (from its checkpoint)."""
     device = resolve_device(device) if isinstance(device, str) else device
-    sd, meta = load_inference_file(path)
+    sd, meta = load_inference_file(path, network)
     from .config import arch_rule, check_option, train_options
     from .protocols import PROTOCOLS
     if meta['n_classes'] not in PROTOCOLS or arch_rule(meta['arch']) is not None:
@@ -141,14 +143,16 @@ def _run_config(run_dir: Path) -> dict:
 
 def evaluate_model(model: str | Path, target: str | None = None, classes: int | None = None,
                    target_size: str | None = None, baseline: str | Path | None = None,
-                   max_images: int | None = None, device: str = 'auto', precision: str = 'fp32') -> dict:
+                   max_images: int | None = None, device: str = 'auto', precision: str = 'fp32',
+                   network: str = 'student') -> dict:
     """Evaluate on the target's labelled val split at the label's full resolution, by default in IEEE float32 as
     the reference (no TF32 on CUDA; `precision='bf16'` or 'fp16' autocasts): {'miou', 'miou13', 'per_class',
     'images', 'target', 'negative_transfer' (with a baseline), 'depth' (when the target has depth and the model
     predicts it: `metrics.DepthAccuracy.result`)}. It runs the evaluation that training runs
     (`DADALearner.evaluate`, through `DADALearner.for_evaluation`), on the DataLoader validation reads
-    (`data.target_dataloader`)."""
-    lm = load_model(model, device, precision)
+    (`data.target_dataloader`). `network='teacher'` evaluates a self-training run's mean teacher instead of its
+    student."""
+    lm = load_model(model, device, precision, network)
     n_classes = classes or lm.protocol.n_classes
     if n_classes != lm.protocol.n_classes:
         raise CheckpointError(f'{model} predicts {lm.protocol.n_classes} classes, not --classes {n_classes}')

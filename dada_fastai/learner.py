@@ -2,6 +2,7 @@
 ablations of the paper as configurations; evaluation (with the metrics of `metrics`); `show_results`."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
@@ -19,15 +20,17 @@ from fastcore.foundation import L
 from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
-                        NonFiniteGuard, SetEpoch, TableProgress, ThrottledProgress, cpu_has_native_bf16,  # noqa: F401
-                        default_precision, poly_decay)
+                        MeanTeacher, NonFiniteGuard, PseudoLabelQuality, SelfTraining, SetEpoch, TableProgress,
+                        ThrottledProgress, cpu_has_native_bf16, default_precision, poly_decay,  # noqa: F401
+                        self_training_terms)
 from .metrics import (ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, PerImageMIoU, confusion_matrix,  # noqa: F401
                       finite_mean, iou_from_confusion)
 from .losses import Lambdas, source_loss, upsample
 from .meta import RunMeta
 from .methods import METHODS, MethodConfig, method_config  # noqa: F401 (public here too)
 from .model import DADA, Discriminator, param_groups
-from .prediction import prediction_to_size, prediction_triple  # noqa: F401 (public here too)
+from .prediction import (GatherSegDepth, TestTimeAugmentation, assemble, item_fit, prediction_to_size,  # noqa: F401
+                         prediction_triple)
 from .protocols import ClassProtocol, get_protocol
 from .run_folder import EXPORT_FILE
 
@@ -202,13 +205,18 @@ class DADALearner(Learner):
         """Per-class IoU (%) of the last validation."""
         return self.confusion.per_class()
 
-    def evaluate(self, dl=None, per_image: bool = False) -> dict:
+    def evaluate(self, dl=None, per_image: bool = False, network: str = 'student', flip: bool = False,
+                 scales: Sequence[float] = (1.,)) -> dict:
         """Validate on `dl` (default: the target validation set): {'miou', 'miou13', 'per_class'} in percent,
         and 'depth' (`metrics.DepthAccuracy.result`: δ<1.25, abs-rel, a constant's) when the set has depth; with
         `per_image`, also 'per_image_miou', each image's mIoU (for the negative transfer rate). The one evaluation:
-        training's validations, the end of a run and `dada-fastai evaluate` (`for_evaluation`) all run it."""
+        training's validations, the end of a run and `dada-fastai evaluate` (`for_evaluation`) all run it.
+        `network='teacher'` evaluates a self-training run's mean teacher instead of the student (the network a run
+        evaluates and exports). `flip` and `scales` turn on test-time augmentation (`prediction.TestTimeAugmentation`:
+        the softmax averaged over flips and scales; off by default, as the paper's protocol)."""
         images = PerImageMIoU(self.protocol) if per_image else None
-        self.validate(dl=dl, cbs=[images] if images is not None else None)
+        with self._evaluated(network, flip, scales):
+            self.validate(dl=dl, cbs=[images] if images is not None else None)
         res = self.confusion.scores()
         depth = self.depth_accuracy.result()
         if depth is not None:
@@ -216,6 +224,26 @@ class DADALearner(Learner):
         if images is not None:
             res['per_image_miou'] = images.values
         return res
+
+    @contextmanager
+    def _evaluated(self, network: str, flip: bool = False, scales: Sequence[float] = (1.,)):
+        """The model as `network` inside the block (the student itself, or the mean teacher in its place), under
+        test-time augmentation when `flip` or `scales` ask for it."""
+        if network not in ('student', 'teacher'):
+            raise ValueError(f"unknown network {network!r}; valid: student, teacher")
+        model = self.model
+        if network == 'teacher':
+            model = getattr(getattr(self, 'teacher', None), 'model', None)
+            if model is None:
+                raise ValueError('no teacher to evaluate: not a self-training learner (dacs, dada_st), or not trained '
+                                 'yet')
+        if flip or tuple(scales) != (1.,):
+            model = TestTimeAugmentation(model, flip, scales)
+        student, self.model = self.model, model
+        try:
+            yield
+        finally:
+            self.model = student
 
     @classmethod
     def for_evaluation(cls, model: nn.Module, dl, meta: RunMeta, precision: str = 'fp32') -> DADALearner:
@@ -241,24 +269,12 @@ class DADALearner(Learner):
         return upsample(seg, size).argmax(1), (upsample(depth, size) if depth is not None else None)
 
     def show_results(self, ds_idx: int = 1, dl=None, max_n: int = 4, figsize=None, **kwargs):
-        """Target image, ground truth, prediction and predicted depth (near = warm), one row per image."""
-        from fastai.vision.data import get_grid
-        from .plots import depth_to_rgb
+        """Target image, ground truth, prediction and predicted depth (near = warm), one row per image; for a
+        self-training run also the teacher's pseudo-label of each image, and a last row with what the student was
+        taught on its last training batch (`plots.show_results`)."""
+        from .plots import show_results
         dl = dl if dl is not None else self.dls[ds_idx].new(shuffle=False, drop_last=False, bs=1)
-        n = min(max_n, len(dl.dataset))
-        axs = get_grid(4 * n, nrows=n, ncols=4, figsize=figsize or (16, 2.6 * n),
-                       title='target image / ground truth / prediction / predicted depth')
-        proto = self.protocol
-        for i, (x, y, *_) in zip(range(n), dl):  # one image at a time: validation images may differ in size
-            pred, depth = self.predict_batch(x, y.shape[-2:])
-            dl.decode((x,))[0][0].show(ctx=axs[4 * i])
-            axs[4 * i + 1].imshow(proto.colorize(y[0].cpu().numpy()))
-            axs[4 * i + 2].imshow(proto.colorize(pred[0].cpu().numpy()))
-            if depth is not None:
-                axs[4 * i + 3].imshow(depth_to_rgb(depth[0, 0]))
-            for a in axs[4 * i:4 * i + 4]:
-                a.axis('off')
-        return axs
+        return show_results(self, dl, max_n, figsize)
 
     # -- fastai's inference calls -------------------------------------------------------------------------
     def get_preds(self, ds_idx: int = 1, dl=None, with_input: bool = False, with_decoded: bool = False,
@@ -294,7 +310,7 @@ class DADALearner(Learner):
             idxs = list(dl.get_idxs())
             dl = dl.new(get_idxs=_ConstantFunc(idxs))
         kwargs.pop('with_preds', None)
-        gather = _GatherSegDepth()
+        gather = GatherSegDepth()
         res = list(super().get_preds(dl=dl, with_input=with_input, with_loss=with_loss, inner=inner, reorder=False,
                                      cbs=L(cbs) + [gather], with_preds=False, **kwargs))
         pos = 1 if with_input else 0  # fastai's slot of the predictions, left empty (with_preds=False)
@@ -311,11 +327,11 @@ class DADALearner(Learner):
                 for j in range(len(seg)):
                     item = items[idxs[n] if idxs is not None else n]
                     chunks.append(self._activate(seg[j:j + 1], None if depth is None else depth[j:j + 1], act,
-                                                 decodes, in_hw, image_item_size(item), _item_fit(item, self.dls)))
+                                                 decodes, in_hw, image_item_size(item), item_fit(item, self.dls)))
                     n += 1
             else:
                 chunks.append(self._activate(seg, depth, act, decodes, in_hw, size if size != 'input' else in_hw))
-        preds, dec = _assemble([c[0] for c in chunks], size), _assemble([c[1] for c in chunks], size)
+        preds, dec = assemble([c[0] for c in chunks], size), assemble([c[1] for c in chunks], size)
         if idxs is not None:
             order = torch.as_tensor(idxs).argsort()
             res = [nested_reorder(r, order) for r in res]
@@ -445,44 +461,6 @@ def run_iteration(model: nn.Module, discriminators: dict[str, nn.Module], x_src:
     return keep.result
 
 
-class _GatherSegDepth(Callback):
-    """Keep each batch's raw logits, inverse depth (or None) and input size for `DADALearner.get_preds` (fastai's
-    own gathering concatenates predictions before they can be resized, and cannot hold a missing depth)."""
-
-    def before_validate(self):
-        self.batches = []
-
-    def after_batch(self):
-        seg, depth = self.learn.pred
-        det = self.learn.to_detach
-        self.batches.append((det(seg), det(depth) if depth is not None else None, tuple(self.learn.xb[0].shape[-2:])))
-
-
-def _item_fit(item, dls) -> str:
-    """How `item` was brought to the model's input size: its dataset's way, or the target dataset's."""
-    ds = getattr(item, 'ds', None) or getattr(dls, 'target_ds', None)
-    return getattr(ds, 'fit', 'stretch')
-
-
-def _assemble(chunks: list, size):
-    """Per-batch (or per-image) `(seg, depth)` pairs -> one pair: batches concatenated (fastai's `to_concat`:
-    an `L` of images where their sizes differ), images at their own size as `L`s."""
-    from fastai.torch_core import to_concat
-    from fastcore.foundation import L
-    if not chunks:
-        return None
-    out = []
-    for k in range(len(chunks[0])):
-        parts = [c[k] for c in chunks]
-        if parts[0] is None:
-            out.append(None)
-        elif size == 'original':
-            out.append(L(p[0] for p in parts))
-        else:
-            out.append(to_concat(parts))
-    return tuple(out)
-
-
 def _validation_metrics(proto: ClassProtocol, depth: bool = False) -> tuple[ConfusionMatrix, DepthAccuracy, list]:
     """The validation's confusion matrix and depth accuracy (read by `evaluate`), and its metrics: mIoU, the 13-class
     mIoU* of the 16-class protocol, and with `depth` the depth's δ<1.25 as a column (validation by validation)."""
@@ -502,7 +480,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                  backbone_kwargs: dict | None = None, on_nan: str | None = 'stop', mode: str = 'faithful',
                  precision: str | None = None, compile: bool | dict = False, bn: str = 'batch',
                  depth_scale: float = 1., fusion_bias: float | None = None, config: dict | None = None,
-                 **kwargs) -> DADALearner:
+                 self_training: dict | None = None, **kwargs) -> DADALearner:
     """Build the DADA segmenter for `dls` (its protocol gives the class count), the discriminators that
     `method` needs, and a `DADALearner` with the reference's recipe as defaults: SGD momentum 0.9, weight
     decay 5e-4, lr 2.5e-4 with the head at 10x, discriminators Adam lr 1e-4 betas (0.9, 0.99).
@@ -524,7 +502,14 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
 
     `fusion_bias`: initial bias of the depth block's fusion decoder (None: PyTorch's default, as the reference).
 
-    `config`: the run's configuration (`TrainConfig.to_dict()`), kept in `learn.meta` and written into checkpoints."""
+    `config`: the run's configuration (`TrainConfig.to_dict()`), kept in `learn.meta` and written into checkpoints.
+
+    A self-training method (`dacs`, `dada_st`) adds the mean teacher (`learn.teacher`) and the self-training step
+    (`learn.self_training`); `self_training` sets them, over `SELF_TRAINING`'s published values: the teacher's EMA
+    `alpha`, the confidence `threshold`, the `mix` ('class', 'depth', or 'auto': depth-aware where the network predicts
+    depth), `lambda_st`, the pasted pixels' `source_weight`, the mixed depth loss's `lambda_depth`, the iteration it
+    `start`s at and the strong augmentation (`augment`). Its validations also report the pseudo-labels' accuracy and
+    confident share on the target (`pl_acc`, `pl_conf`)."""
     cfg = method_config(method)
     proto = getattr(dls, 'protocol', None) or get_protocol(n_classes or 16)
     n_classes = proto.n_classes
@@ -541,8 +526,15 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     if bn not in ('batch', 'frozen'):
         raise ValueError(f"unknown bn {bn!r}; valid: batch, frozen")
     discs = nn.ModuleDict({k: Discriminator(1 if k == 'depth' else n_classes, ndf) for k in cfg.adapt})
-    trainer = DADATrainer(discs, lambdas, d_lr=d_lr, fused=fast)
+    st = {**SELF_TRAINING, **(self_training or {})} if cfg.self_training else None
+    trainer = DADATrainer(discs, lambdas, d_lr=d_lr, fused=fast,
+                          extra_terms=self_training_terms(cfg.depth_block) if st else ())
     extra = []
+    if st:
+        mix = st['mix'] if st['mix'] != 'auto' else ('depth' if cfg.depth_block else 'class')
+        extra += [MeanTeacher(st['alpha'], bn), SelfTraining(
+            st['threshold'], mix, st['lambda_st'], st['source_weight'], st['lambda_depth'], st['start'], st['augment'],
+            depth_scale, fused=fast)]
     if on_nan:
         extra.append(NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1))
     if bn == 'frozen':
@@ -551,6 +543,8 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
         extra += _fast_mode(model, discs, dls, precision, compile)
     cm, depth_acc, metrics = _validation_metrics(
         proto, depth=cfg.depth_block and getattr(getattr(dls, 'target_ds', None), 'has_depth', False))
+    if st:
+        metrics += [PseudoLabelQuality('acc', st['threshold']), PseudoLabelQuality('conf', st['threshold'])]
     metrics += list(trainer.terms.values())
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas, depth_scale), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,
@@ -564,8 +558,12 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
                          layers=(backbone_kwargs or {}).get('layers'), norm=norm if isinstance(norm, str) else None,
                          source_size=getattr(dls, 'source_size', None), target_size=getattr(dls, 'target_size', None),
                          fit=getattr(getattr(dls, 'target_ds', None), 'fit', 'stretch'), mode=mode, bn=bn,
-                         config=config)
+                         self_training=cfg.self_training, config=config)
     return learn
+
+
+SELF_TRAINING = dict(alpha=0.99, threshold=0.968, mix='auto', lambda_st=1., source_weight=1., lambda_depth=1e-4,
+                     start=0, augment=True)  # DACS's published recipe (the depth loss: CorDA's tenth)
 
 
 

@@ -32,6 +32,7 @@ class RunMeta:
     fit: Literal['stretch', 'pad'] = 'stretch'  # how: stretched, or aspect kept and padded (Vistas)
     mode: Literal['faithful', 'fast'] = 'faithful'  # the training mode
     bn: Literal['batch', 'frozen'] = 'batch'  # BatchNorm in training: batch statistics or frozen
+    self_training: bool = False  # the method self-trains (a mean teacher's pseudo-labels on mixed images)
     config: Mapping[str, Any] | None = field(default=None, compare=False)  # the run's `TrainConfig.to_dict()`
 
     def __post_init__(self):
@@ -50,7 +51,7 @@ class RunMeta:
     @property
     def method(self) -> MethodConfig:
         """The method's parts as a `methods.MethodConfig`."""
-        return MethodConfig(self.depth_block, self.feature_fusion, self.adapt)
+        return MethodConfig(self.depth_block, self.feature_fusion, self.adapt, self.self_training)
 
     def to_dict(self) -> dict:
         """The model metadata written into checkpoints and exports (JSON-ready; the keys of `MODEL_KEYS`)."""

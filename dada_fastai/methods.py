@@ -1,5 +1,5 @@
 """The methods and ablations as configurations: which parts of DADA a method has (depth block, feature fusion, the
-maps its discriminators see). A plain table, importable without torch or fastai, so that the command
+maps its discriminators see, self-training). A plain table, importable without torch or fastai, so that the command
 line and the configuration can list the method names cheaply."""
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ ADAPT_MAPS = ('surprisal', 'depth', 'dada')  # what a discriminator can look at
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Which parts of DADA are on: the depth block, feature fusion, and the maps the discriminators see."""
+    """Which parts of DADA are on: the depth block, feature fusion, the maps the discriminators see, and
+    self-training (a mean teacher's pseudo-labels on mixed images: `callbacks.self_training`)."""
     depth_block: bool = True
     feature_fusion: bool = True
     adapt: tuple[str, ...] = ('dada',)  # one discriminator per map: 'surprisal', 'depth', 'dada'
+    self_training: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, 'adapt', tuple(self.adapt))
@@ -43,10 +45,13 @@ METHODS: dict[str, MethodConfig] = {
 }
 METHODS |= {'s1': METHODS['source_only'], 's2': METHODS['advent'], 's7': METHODS['dada']}
 METHODS['depth_source_only'] = MethodConfig(True, True, ())  # DADA's network trained on the source alone
+METHODS['dacs'] = MethodConfig(False, False, (), self_training=True)  # DACS: self-training on DeepLab-v2
+METHODS['dada_st'] = MethodConfig(True, True, ('dada',), self_training=True)  # DADA with self-training
 
 
 def method_config(method: str | MethodConfig) -> MethodConfig:
-    """A method name (source_only, advent, dada, s1..s7, depth_source_only) -> its configuration."""
+    """A method name (source_only, advent, dada, s1..s7, depth_source_only,
+    dacs, dada_st) -> its configuration."""
     if isinstance(method, MethodConfig):
         return method
     try:

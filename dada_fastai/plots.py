@@ -17,7 +17,7 @@ from .losses import upsample
 from .run_folder import RunFolder, read_history
 from .storage import atomic_write_bytes
 
-__all__ = ['depth_to_rgb', 'draw_curves', 'fixed_images', 'prediction_grid']
+__all__ = ['depth_to_rgb', 'draw_curves', 'fixed_images', 'prediction_grid', 'show_results']
 
 
 def depth_to_rgb(depth: np.ndarray | torch.Tensor, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -57,10 +57,15 @@ def _smooth(y: np.ndarray) -> np.ndarray:
     return np.convolve(pad, kernel, mode='valid')
 
 
+_LABELS = {'miou': 'mIoU', 'miou13': 'mIoU* (13)', 'delta1': 'depth δ<1.25', 'pl_acc': 'accuracy',
+           'pl_conf': 'share above the threshold'}
+
+
 def draw_curves(history: str | Path, out: str | Path, title: str | None = None) -> Path | None:
     """Draw `out` (PNG) from a history CSV: the segmentation and depth losses, the adversarial (fooling)
     loss, the discriminators' losses on source and target, the learning rates and the target validation
-    mIoU (and mIoU*, and the depth's δ<1.25 where the target has depth), by iteration. Training curves are
+    mIoU (and mIoU*, and the depth's δ<1.25 where the target has depth), by iteration; for a self-training run also
+    the mixed images' losses and the pseudo-labels' accuracy and confident share on the target. Training curves are
     shown raw (faint) and smoothed. Written atomically; None when the history has no rows yet."""
     from matplotlib.figure import Figure
     history, out = Path(history), Path(out)
@@ -73,8 +78,11 @@ def draw_curves(history: str | Path, out: str | Path, title: str | None = None) 
               ('discriminator loss', lambda c: c.startswith(('d_src', 'd_trg')), False),
               ('learning rate', lambda c: c.startswith('lr'), True),
               ('target validation (%)', lambda c: c.startswith('miou') or c == 'delta1', False)]
-    fig = Figure(figsize=(13, 6.4), layout='constrained')
-    axs = fig.subplots(2, 3)
+    if 'st' in header:  # self-training: the mixed images' losses, and the teacher's pseudo-labels on the target
+        panels[5:5] = [('self-training loss (mixed images)', lambda c: c in ('st', 'st_depth'), False)]
+        panels.append(('pseudo-labels on the target (%)', lambda c: c in ('pl_acc', 'pl_conf'), False))
+    fig = Figure(figsize=(13 * len(panels) / 6, 6.4), layout='constrained')
+    axs = fig.subplots(2, len(panels) // 2)
     for ax, (name, pick, log) in zip(axs.flat, panels):
         ax.set_title(name, fontsize=10)
         drawn = False
@@ -83,10 +91,9 @@ def draw_curves(history: str | Path, out: str | Path, title: str | None = None) 
             if not len(x):
                 continue
             drawn = True
-            if name.startswith('target validation'):
+            if name.startswith(('target validation', 'pseudo-labels')):
                 scale = 100 if col == 'delta1' else 1  # a share of pixels, drawn in % beside the mIoU
-                ax.plot(x, y * scale, 'o-', ms=3,
-                        label={'miou': 'mIoU', 'miou13': 'mIoU* (13)', 'delta1': 'depth δ<1.25'}.get(col, col))
+                ax.plot(x, y * scale, 'o-', ms=3, label=_LABELS.get(col, col))
             elif name == 'learning rate':
                 ax.plot(x, y, label={'lr': 'backbone', 'lr_head': 'head', 'lr_d': 'discriminators'}.get(col, col))
             else:
@@ -188,3 +195,57 @@ def _as_rgb(learn, x: torch.Tensor) -> np.ndarray:
     if arr.max() <= 1.5:
         arr = arr * 255
     return arr.clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# show_results
+# ---------------------------------------------------------------------------------------------------------
+def _taught_row(learn) -> list[tuple[str, np.ndarray]] | None:
+    """What a self-training student was taught on its last training batch (its first image): the target image, the
+    teacher's pseudo-label (faint under the confidence threshold), the mixed image and its labels."""
+    st = getattr(learn, 'self_training', None)
+    ex = getattr(st, 'example', None)
+    if not ex:
+        return None
+    proto = learn.protocol
+    img = lambda t: (t[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)  # noqa: E731
+    pseudo = proto.colorize(ex['pseudo'][0].cpu().numpy()).astype(np.float32)
+    faint = (ex['confidence'][0] < st.threshold).cpu().numpy()
+    pseudo[faint] = pseudo[faint] * 0.35 + 255 * 0.65
+    return [('target image (training)', img(ex['target'])),
+            ("teacher's pseudo-label (faint: under the threshold)", pseudo.astype(np.uint8)),
+            ('mixed image', img(ex['mixed_rgb'])), ('mixed labels', proto.colorize(ex['labels'][0].cpu().numpy()))]
+
+
+def show_results(learn, dl, max_n: int = 4, figsize=None):
+    """Draw `learn.show_results`: per image of `dl` (bs 1) the target image, its ground truth, the prediction, a
+    self-training run's teacher's pseudo-label, and the predicted depth (near = warm); for a self-training run a last
+    row of what the student was taught (`_taught_row`). Returns the axes."""
+    from fastai.vision.data import get_grid
+    teacher = getattr(getattr(learn, 'teacher', None), 'model', None) is not None
+    taught = _taught_row(learn)
+    names = ['target image', 'ground truth', 'prediction'] + (["teacher's pseudo-label"] if teacher else []) + \
+        ['predicted depth']
+    n, cols = min(max_n, len(dl.dataset)), len(names)
+    rows = n + (taught is not None)
+    axs = get_grid(cols * rows, nrows=rows, ncols=cols, figsize=figsize or (4 * cols, 2.6 * rows),
+                   title=' / '.join(names))
+    proto = learn.protocol
+    for i, (x, y, *_) in zip(range(n), dl):  # one image at a time: validation images may differ in size
+        row = axs[cols * i:cols * (i + 1)]
+        pred, depth = learn.predict_batch(x, y.shape[-2:])
+        dl.decode((x,))[0][0].show(ctx=row[0])
+        row[1].imshow(proto.colorize(y[0].cpu().numpy()))
+        row[2].imshow(proto.colorize(pred[0].cpu().numpy()))
+        if teacher:
+            seg, _ = learn.teacher.predict(x.to(learn.dls.device))
+            row[3].imshow(proto.colorize(upsample(seg.float(), y.shape[-2:]).argmax(1)[0].cpu().numpy()))
+        if depth is not None:
+            row[-1].imshow(depth_to_rgb(depth[0, 0]))
+    if taught is not None:
+        for ax, (title, picture) in zip(axs[cols * n:], taught):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=8)
+    for a in axs:
+        a.axis('off')
+    return axs

@@ -118,7 +118,11 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None, 
                          path=run_dir or '.',
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
                          precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
-                         depth_scale=cfg.depth_scale, fusion_bias=cfg.fusion_bias, config=cfg.to_dict())
+                         depth_scale=cfg.depth_scale, fusion_bias=cfg.fusion_bias, config=cfg.to_dict(),
+                         self_training=dict(alpha=cfg.st_alpha, threshold=cfg.st_threshold, mix=cfg.st_mix,
+                                            lambda_st=cfg.lambda_st, source_weight=cfg.st_source_weight,
+                                            lambda_depth=cfg.lambda_st_depth, start=cfg.st_start,
+                                            augment=cfg.st_augment))
     from .history import add_run_logging
     add_run_logging(learn, cfg, run_dir, stage)  # history.csv, curves.png, --log loggers; plain progress lines in files
     return learn
@@ -203,12 +207,45 @@ def build_run_learner(cfg: TrainConfig, run_dir: Path | None = None, cbs=None, c
     """Seed, then build the DataLoaders and the learner of a run on this process's device (with `init`, from
     the warm start when the configuration asks for one; a resumed run loads its checkpoint instead)."""
     device = resolve_device(cfg.device)
-    warm = warm_start_weights(cfg, console) if init and cfg.warm_start else None
+    start = _init_weights(cfg) if init and cfg.init else None  # a finished run's model, checked before anything runs
+    warm = warm_start_weights(cfg, console) if init and cfg.warm_start and start is None else None
     seed_everything(cfg.seed, cfg.deterministic)
     learn = build_learner(cfg, build_dataloaders(cfg, device), run_dir, cbs, stage)
     if warm is not None:
-        learn.model.load_state_dict(torch.load(warm, map_location='cpu', weights_only=True))
+        start = torch.load(warm, map_location='cpu', weights_only=True)
+    if start is not None:
+        try:
+            learn.model.load_state_dict(start)
+        except RuntimeError as e:  # another backbone size (layers), say
+            from .checkpoint import CheckpointError
+            raise CheckpointError(f'--init {cfg.init}: its weights do not fit this network '
+                                  f'({" ".join(str(e).split())[:200]})') from None
     return learn
+
+
+def _init_weights(cfg: TrainConfig) -> dict:
+    """The segmenter of `cfg.init` (a run folder, checkpoint or export), refused in one line unless it is the network
+    `cfg` trains: the same backbone, classes and parts (depth block, fusion)."""
+    from .checkpoint import CheckpointError, load_inference_file
+    from .methods import method_config
+    sd, meta = load_inference_file(cfg.init)
+    net = method_config(cfg.method)
+
+    def describe(depth, fusion):
+        return ("DADA's network (depth block and fusion)" if depth and fusion else 'a network with the depth block but '
+                'no fusion' if depth else 'a plain DeepLab-v2 network (no depth block)')
+    theirs, ours = (meta['depth_block'], meta['feature_fusion']), (net.depth_block, net.feature_fusion)
+    if theirs != ours:
+        hint = 'dacs' if not meta['depth_block'] else 'dada_st'
+        raise CheckpointError(f'--init {cfg.init}: its model is {describe(*theirs)}, but --method {cfg.method} trains '
+                              f'{describe(*ours)}; start from a run of that network, or use a method of this one '
+                              f'(e.g. --method {hint})')
+    for name, want in (('arch', cfg.arch), ('n_classes', cfg.classes)):
+        if meta[name] != want:
+            flag = '--arch' if name == 'arch' else '--classes'
+            raise CheckpointError(f'--init {cfg.init}: its model has {name} {meta[name]!r}, but this run has {flag} '
+                                  f'{want!r}; give the same {flag}')
+    return sd
 
 
 WARM_START_SEED = 0  # one warm start per recipe, whatever the run's seed: it stands in for a published model

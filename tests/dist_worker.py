@@ -29,7 +29,9 @@ class Record(Callback):
             return
         model = getattr(self.learn.model, 'module', self.learn.model)
         guard = getattr(self.learn, 'non_finite_guard', None)
+        teacher = getattr(getattr(self.learn, 'teacher', None), 'model', None)
         torch.save({'model': model.state_dict(), 'd': self.learn.dada.discriminators.state_dict(),
+                    'teacher': teacher.state_dict() if teacher is not None else {},
                     'seen': self.seen, 'iters': self.learn.train_iter,
                     'skipped': list(guard.skipped) if guard is not None else []},
                    f'{self.out}/rank{rank_distrib()}.pt')

@@ -70,3 +70,17 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     saved = torch.load(run / 'last.pth', weights_only=True)
     for k, v in saved['model'].items():  # the checkpoint holds the trained (unwrapped) weights
         assert torch.equal(v, r0['model'][k])
+
+
+def test_two_cpu_processes_keep_the_same_mean_teacher(tmp_path):
+    """Self-training under accelerate: every process ends with the same student, discriminator and teacher (whose
+    BatchNorm statistics would otherwise follow each process's own batches)."""
+    r0, r1, run = _launch(tmp_path, 'method: dada_st\nst_alpha: 0.5\n')
+    assert r0['teacher'] and r0['iters'] == r1['iters'] == 4
+    for part in ('model', 'd', 'teacher'):
+        for k in r0[part]:
+            assert torch.equal(r0[part][k], r1[part][k]), f'{part}.{k} differs between ranks'
+    assert any(not torch.equal(r0['teacher'][k], r0['model'][k]) for k in r0['model'])  # a teacher, not a copy
+    saved = torch.load(run / 'last.pth', weights_only=True)
+    for k, v in saved['teacher']['model'].items():
+        assert torch.equal(v, r0['teacher'][k])

@@ -16,7 +16,7 @@ README = PACKAGE.parent / 'README.md'
 # must be placed here (the test says so), which is where its place in the story gets decided.
 LAYERS = [
     ('foundations', {'errors', 'methods', 'protocols', 'storage', 'distributed'}),
-    ('files and maths', {'losses', 'meta', 'weights', 'image_files', 'run_folder', 'metrics', 'model', 'datasets',
+    ('files and maths', {'losses', 'mixing', 'meta', 'weights', 'image_files', 'run_folder', 'metrics', 'model', 'datasets',
                          'checkpoint', 'plots'}),
     ('data', {'preprocess', 'toy', 'data_report', 'report', 'data'}),
     ('training parts', {'callbacks', 'prediction'}),

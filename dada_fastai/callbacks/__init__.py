@@ -11,6 +11,8 @@
 - `mixed_precision`: `DeviceMixedPrecision`, fastai's mixed precision on any device;
 - `progress`: `TableProgress` and `ThrottledProgress`, the progress bars and epoch table, and `LineProgress`,
   plain lines for logs written to files;
+- `teacher`, `self_training`: `MeanTeacher` and `SelfTraining`, self-training on mixed images (DACS), and
+  `PseudoLabelQuality`, the teacher's pseudo-labels measured on the labelled target validation set;
 - `tensorboard`, `wandb`: the optional loggers' sinks (imported only when `--log` asks for them)."""
 from .adversarial import DADATrainer
 from .backend import CudaBackend, cudnn_autotuner, tf32
@@ -19,10 +21,13 @@ from .loss_terms import TermMeter, TrainTerm, batch_terms, validation_values
 from .mixed_precision import DeviceMixedPrecision, cpu_has_native_bf16, default_precision
 from .nonfinite import NonFiniteGuard, NonFiniteLoss
 from .progress import LineProgress, TableProgress, ThrottledProgress, fit_number, progress_mode
+from .self_training import PseudoLabelQuality, SelfTraining, self_training_terms
+from .teacher import MeanTeacher
 from .schedule import HeadLR, IterBudget, SetEpoch, finding_lr, learning_rates, poly_decay
 
 __all__ = ['TrainTerm', 'TermMeter', 'batch_terms', 'validation_values', 'DADATrainer', 'HeadLR', 'IterBudget',
            'SetEpoch', 'poly_decay', 'finding_lr', 'learning_rates', 'NonFiniteLoss', 'NonFiniteGuard',
            'uses_batch_statistics', 'CudaBackend', 'tf32', 'cudnn_autotuner', 'FrozenBatchNorm', 'DeviceMixedPrecision',
            'cpu_has_native_bf16', 'default_precision',
-           'TableProgress', 'ThrottledProgress', 'LineProgress', 'progress_mode', 'fit_number']
+           'TableProgress', 'ThrottledProgress', 'LineProgress', 'progress_mode', 'fit_number', 'MeanTeacher',
+           'SelfTraining', 'PseudoLabelQuality', 'self_training_terms']

@@ -42,7 +42,7 @@ class DADATrainer(Callback):
 
     def __init__(self, discriminators: dict[str, nn.Module] | nn.ModuleDict, lambdas: Lambdas = Lambdas(),
                  d_lr: float = 1e-4, d_betas: tuple[float, float] = (0.9, 0.99), fused: bool = False,
-                 joint: bool = True):
+                 joint: bool = True, extra_terms: tuple[str, ...] = ()):
         self.discriminators = discriminators if isinstance(discriminators, nn.ModuleDict) else nn.ModuleDict(discriminators)
         self.lambdas, self.d_lr, self.d_betas = lambdas, d_lr, d_betas
         self.fused = fused  # fast mode: 2 backward passes (source + fooling, then all D losses) instead of 4
@@ -50,7 +50,9 @@ class DADATrainer(Callback):
         self.can_join, self.joined, self.n_src = False, False, None
         # this iteration's target predictions and the maps the discriminators saw, until its end
         self.pred_t, self.maps_s, self.maps_t = None, {}, {}
+        self.x_src = self.x_trg = None  # this iteration's source and target images
         self.d_opt = None
+        self.extra_terms = tuple(extra_terms)  # loss terms other callbacks record (`record`), e.g. self-training's
         self.terms = {k: TrainTerm(k) for k in self.term_names()}
         self.batch_terms: dict[str, torch.Tensor] = {}  # this iteration's loss terms
 
@@ -60,9 +62,11 @@ class DADATrainer(Callback):
         for kind in self.discriminators:
             sfx = '' if len(self.discriminators) == 1 else f'_{kind}'
             names += [f'adv{sfx}', f'd_src{sfx}', f'd_trg{sfx}']
-        return names
+        return names + list(self.extra_terms)
 
-    def _record(self, name: str, value: torch.Tensor, kind: str | None = None) -> None:
+    def record(self, name: str, value: torch.Tensor, kind: str | None = None) -> None:
+        """Record this iteration's value of the loss term `name` (of discriminator `kind`): in `batch_terms` (the
+        history, the progress lines, the non-finite check) and in its progress-table column."""
         key = name if kind is None or len(self.discriminators) == 1 else f'{name}_{kind}'
         self.batch_terms[key] = value.detach()
         self.terms[key].add(value)
@@ -101,6 +105,7 @@ class DADATrainer(Callback):
         if not self.training:
             return
         x_src, self.x_trg = self.learn.xb[0], self.learn.xb[1]
+        self.x_src = x_src
         self.joined = self.can_join and x_src.shape[1:] == self.x_trg.shape[1:]
         self.n_src, self.pred_t = (len(x_src), None) if self.joined else (None, None)
         self.learn.xb = (torch.cat([x_src, self.x_trg]),) if self.joined else (x_src,)
@@ -142,7 +147,7 @@ class DADATrainer(Callback):
             self.maps_t[kind] = adaptation_map(up_seg_t, up_depth_t, kind)
             with self._autocast():
                 loss = fooling_loss(d, self.maps_t[kind]).float()
-            self._record('adv', loss, kind)
+            self.record('adv', loss, kind)
             adv = adv + loss
         return adv * self.lambdas.adv
 
@@ -161,8 +166,8 @@ class DADATrainer(Callback):
                 self.maps_s[kind] = adaptation_map(up_seg_s, up_depth_s, kind)
                 loss_src = discriminator_loss(d, self.maps_s[kind], SOURCE_LABEL).float()
                 loss_trg = discriminator_loss(d, self.maps_t[kind], TARGET_LABEL).float()
-            self._record('d_src', loss_src, kind)
-            self._record('d_trg', loss_trg, kind)
+            self.record('d_src', loss_src, kind)
+            self.record('d_trg', loss_trg, kind)
             if self.fused:
                 total = total + loss_src + loss_trg
             else:
@@ -177,7 +182,7 @@ class DADATrainer(Callback):
         parts = getattr(self.loss_func, 'parts', {})
         for name in ('seg', 'depth'):
             if name in parts:
-                self._record(name, parts[name])
+                self.record(name, parts[name])
         if self.fused and self.discriminators:  # one backward for the source and fooling losses
             self.learn.loss_grad = self.learn.loss_grad + self._target_losses()
 
@@ -211,6 +216,7 @@ class DADATrainer(Callback):
 
     def after_batch(self):
         self.pred_t, self.maps_s, self.maps_t = None, {}, {}
+        self.x_src = self.x_trg = None
 
     def after_cancel_batch(self):
         if self.d_opt is not None:
