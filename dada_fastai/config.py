@@ -159,7 +159,7 @@ def warm_start_recipe_rule(value) -> str | None:
     return None
 
 
-SELF_TRAINING_OPTIONS = ('st_alpha', 'st_threshold', 'st_mix', 'lambda_st', 'st_source_weight', 'lambda_st_depth',
+SELF_TRAINING_OPTIONS = ('st_alpha', 'st_threshold', 'st_confidence', 'st_mix', 'lambda_st', 'st_source_weight', 'lambda_st_depth',
                          'st_start', 'st_augment')  # what self-training methods take, and only they
 
 
@@ -232,6 +232,9 @@ class TrainConfig:
                              above=0, high=1)
     st_threshold: float = option(0.968, 'self-training: confidence that counts a pseudo-label (DACS: 0.968); an image '
                                  "weighs its pseudo-labels by the share of its pixels at or above it", low=0, high=1)
+    st_confidence: Literal['image', 'pixel'] = option('image', "self-training: an image weighs its pseudo-labels by "
+                                                      "its share of confident pixels ('image', DACS), or each "
+                                                      "pixel counts only when confident ('pixel')")
     st_mix: Literal['auto', 'class', 'depth'] = option('auto', "self-training: ClassMix ('class'), or depth-aware "
                                                       "('depth': a pasted source pixel kept only where it is nearer "
                                                       "than the target it covers); auto: depth where the network "

@@ -506,7 +506,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
 
     A self-training method (`dacs`, `dada_st`) adds the mean teacher (`learn.teacher`) and the self-training step
     (`learn.self_training`); `self_training` sets them, over `SELF_TRAINING`'s published values: the teacher's EMA
-    `alpha`, the confidence `threshold`, the `mix` ('class', 'depth', or 'auto': depth-aware where the network predicts
+    `alpha`, the confidence `threshold` and whether it weighs an image or a pixel (`confidence`), the `mix` ('class', 'depth', or 'auto': depth-aware where the network predicts
     depth), `lambda_st`, the pasted pixels' `source_weight`, the mixed depth loss's `lambda_depth`, the iteration it
     `start`s at and the strong augmentation (`augment`). Its validations also report the pseudo-labels' accuracy and
     confident share on the target (`pl_acc`, `pl_conf`)."""
@@ -534,7 +534,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
         mix = st['mix'] if st['mix'] != 'auto' else ('depth' if cfg.depth_block else 'class')
         extra += [MeanTeacher(st['alpha'], bn), SelfTraining(
             st['threshold'], mix, st['lambda_st'], st['source_weight'], st['lambda_depth'], st['start'], st['augment'],
-            depth_scale, fused=fast)]
+            depth_scale, fused=fast, confidence=st['confidence'])]
     if on_nan:
         extra.append(NonFiniteGuard(on_nan, every=50 if fast and on_nan == 'stop' else 1))
     if bn == 'frozen':
@@ -563,7 +563,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
 
 
 SELF_TRAINING = dict(alpha=0.99, threshold=0.968, mix='auto', lambda_st=1., source_weight=1., lambda_depth=1e-4,
-                     start=0, augment=True)  # DACS's published recipe (the depth loss: CorDA's tenth)
+                     start=0, augment=True, confidence='image')  # DACS's published recipe (the depth loss: CorDA's tenth)
 
 
 

@@ -44,10 +44,16 @@ def pseudo_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
     return labels, conf
 
 
-def confidence_weight(conf: Tensor, threshold: float) -> Tensor:
-    """Each image's pseudo-label weight (B,): the share of its pixels whose confidence is at least `threshold` (DACS'
-    rule: one scalar per image)."""
-    return (conf >= threshold).float().flatten(1).mean(1)
+def confidence_weight(conf: Tensor, threshold: float, per: str = 'image') -> Tensor:
+    """The pseudo-labels' weights (B, H, W) from their confidences (B, H, W): per image (DACS' rule), every pixel of an
+    image weighs the share of its pixels whose confidence is at least `threshold`; per pixel, a pixel weighs 1 when its
+    own confidence is at least `threshold`, else 0 (it is ignored)."""
+    confident = (conf >= threshold).float()
+    if per == 'pixel':
+        return confident
+    if per != 'image':
+        raise ValueError(f"unknown confidence weighting {per!r}; valid: image, pixel")
+    return confident.flatten(1).mean(1)[:, None, None].expand_as(conf)
 
 
 def class_mix_masks(labels: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -119,7 +119,8 @@ def build_learner(cfg: TrainConfig, dls, run_dir: Path | None = None, cbs=None, 
                          model_dir='.', backbone_kwargs=kwargs, on_nan=cfg.on_nan, mode=cfg.mode,
                          precision=cfg.precision, compile=cfg.compile, bn=cfg.bn,
                          depth_scale=cfg.depth_scale, fusion_bias=cfg.fusion_bias, config=cfg.to_dict(),
-                         self_training=dict(alpha=cfg.st_alpha, threshold=cfg.st_threshold, mix=cfg.st_mix,
+                         self_training=dict(alpha=cfg.st_alpha, threshold=cfg.st_threshold,
+                                            confidence=cfg.st_confidence, mix=cfg.st_mix,
                                             lambda_st=cfg.lambda_st, source_weight=cfg.st_source_weight,
                                             lambda_depth=cfg.lambda_st_depth, start=cfg.st_start,
                                             augment=cfg.st_augment))
@@ -212,7 +213,7 @@ def build_run_learner(cfg: TrainConfig, run_dir: Path | None = None, cbs=None, c
     seed_everything(cfg.seed, cfg.deterministic)
     learn = build_learner(cfg, build_dataloaders(cfg, device), run_dir, cbs, stage)
     if warm is not None:
-        start = torch.load(warm, map_location='cpu', weights_only=True)
+        learn.model.load_state_dict(torch.load(warm, map_location='cpu', weights_only=True))
     if start is not None:
         try:
             learn.model.load_state_dict(start)

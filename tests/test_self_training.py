@@ -67,8 +67,10 @@ def test_the_confidence_weight_and_the_pseudo_labels():
     labels, conf = pseudo_labels(logits)
     assert labels[0].eq(1).all() and labels[1, 0].eq(2).all()
     assert torch.allclose(conf[1, 1], torch.full((2,), 1 / 3))
-    assert confidence_weight(conf, 0.968).tolist() == [1.0, 0.5]
-    assert confidence_weight(conf, 0.2).tolist() == [1.0, 1.0]
+    assert confidence_weight(conf, 0.968)[:, 0, 0].tolist() == [1.0, 0.5]  # one weight per image (DACS)
+    assert confidence_weight(conf, 0.968).shape == conf.shape and confidence_weight(conf, 0.968)[1].eq(0.5).all()
+    assert confidence_weight(conf, 0.2)[:, 0, 0].tolist() == [1.0, 1.0]
+    assert confidence_weight(conf, 0.968, 'pixel')[1].tolist() == [[1., 1.], [0., 0.]]  # each pixel its own
 
 
 def test_the_depth_aware_mask_on_a_hand_made_scene():

@@ -51,7 +51,8 @@ class SelfTraining(Callback):
     target images it reads), from iteration `start` on:
 
     1. the teacher (`MeanTeacher`, `learn.teacher`) labels the target batch: pseudo-labels are its argmax, and each
-       image weighs them by the share of its pixels whose confidence is at least `threshold`;
+       image weighs them by the share of its pixels whose confidence is at least `threshold` (`confidence='image'`,
+       DACS' rule), or each pixel counts only where its own confidence reaches it (`'pixel'`);
     2. per image, ClassMix pastes half of the classes of the source image's labels onto the target image
        (`mix='class'`), or only those of its pixels that are nearer than the target scene they cover
        (`mix='depth'`: the source's true inverse depth against the teacher's predicted one); a source of another
@@ -71,12 +72,12 @@ class SelfTraining(Callback):
 
     def __init__(self, threshold: float = 0.968, mix: str = 'class', lambda_st: float = 1., source_weight: float = 1.,
                  lambda_depth: float = 0., start: int = 0, augment: bool = True, depth_scale: float = 1.,
-                 fused: bool = False):
+                 fused: bool = False, confidence: str = 'image'):
         if mix not in ('class', 'depth'):
             raise ValueError(f"unknown mix {mix!r}; valid: class, depth")
         self.threshold, self.mix, self.lambda_st, self.source_weight = threshold, mix, lambda_st, source_weight
         self.lambda_depth, self.start, self.augment, self.depth_scale = lambda_depth, start, augment, depth_scale
-        self.fused, self.example = fused, None
+        self.fused, self.confidence, self.example = fused, confidence, None
         self.generator = torch.Generator().manual_seed(torch.initial_seed() + 1)
 
     @property
@@ -113,7 +114,7 @@ class SelfTraining(Callback):
         if self.mix == 'depth' and depth is not None and depth_t is not None:
             masks = depth_aware_masks(masks, depth, upsample(depth_t.float(), size))
         weights = mix(torch.full_like(conf, self.source_weight),
-                      confidence_weight(conf, self.threshold)[:, None, None].expand_as(conf), masks)
+                      confidence_weight(conf, self.threshold, self.confidence), masks)
         mixed_rgb = mix(self.rgb.to_rgb(x_src), self.rgb.to_rgb(x_trg), masks)
         if self.augment:
             mixed_rgb = strong_augment(mixed_rgb, generator=self.generator)
