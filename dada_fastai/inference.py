@@ -59,16 +59,15 @@ class LoadedModel:
             x = tfm(x)
         return torch.Tensor(x).to(self.device)
 
-    def augmented(self, flip: bool = False, scales: Sequence[float] = (1.,)) -> nn.Module:
+    def augmented(self, flip: bool = False, scales: str | Sequence[float] = (1.,)) -> nn.Module:
         """The segmenter, under test-time augmentation (`prediction.TestTimeAugmentation`) when `flip` or `scales`
         ask for it."""
-        if not flip and tuple(scales) == (1.,):
-            return self.model
-        return TestTimeAugmentation(self.model, flip, check_scales(scales))
+        scales = check_scales(scales)
+        return self.model if not flip and scales == (1.,) else TestTimeAugmentation(self.model, flip, scales)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, flip: bool = False,
-                scales: Sequence[float] = (1.,)) -> tuple[torch.Tensor, torch.Tensor | None]:
+                scales: str | Sequence[float] = (1.,)) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The segmenter's (logits, inverse depth) in float32, computed in `self.precision` (bf16 or fp16: under
         autocast on the model's device). With `flip` or `scales`, under test-time augmentation: the log of the
         softmax averaged over flips and scales, and the averaged depth, at the input's size."""
@@ -89,7 +88,7 @@ class LoadedModel:
 
     @torch.no_grad()
     def predict(self, item, *, size='original', input_size=None, flip: bool = False,
-                scales: Sequence[float] = (1.,)) -> tuple:
+                scales: str | Sequence[float] = (1.,)) -> tuple:
         """What `DADALearner.predict` returns, for one image item (a path, PIL image or numpy array, read by
         `data.image_to_rgb`'s rule): fastai's triple `((TensorClassMap (H, W), TensorDepth (1, H, W)),
         (class ids (H, W) int64, inverse depth (1, H, W)), (class probabilities (C, H, W), inverse depth

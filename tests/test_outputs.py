@@ -129,6 +129,21 @@ def test_a_cityscapes_source_gives_disparity(data, tmp_path):
     assert np.isnan(codec.decode(np.zeros(3, np.uint16))).all()
 
 
+def test_a_model_without_its_configuration_writes_depth_in_the_papers_convention(data, run16, tmp_path):
+    """Without config.yaml the depth's source and scale are unknown: SYNTHIA's convention and the paper's depth_scale
+    (1) are assumed, and depth_encoding.json says so."""
+    alone = tmp_path / 'alone.safetensors'
+    shutil.copy(RunFolder(run16).export, alone)
+    img = _images(data)[1]
+    written = predict_files(alone, [img], tmp_path / 'pred', formats='depth', device='cpu')
+    encoding = json.loads(written[0].read_text())
+    assert (encoding['encoding'], encoding['depth_scale'], encoding['source']) == ('synthia_cm', 1.0, 'unknown')
+    assert 'assumed' in encoding['note']
+    z = load_model(alone, device='cpu').predict(img)[1][1][0].numpy().astype(np.float64)
+    expected = np.where(z > 0, np.clip(np.rint(65536 / np.where(z > 0, z, 1) - 1), 1, 65535), 0)
+    assert (_read(written[1]) == expected).all()
+
+
 def test_label_ids_of_each_protocol_and_what_they_need():
     """16 classes: each train id as its Cityscapes labelId; 7 classes: a labelId of its category; unpredicted: 0."""
     p16, p7 = get_protocol(16), get_protocol(7)
