@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from .version import __version__  # settings.ini's in a checkout, else the installed package's
+
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name loads on first use (`__getattr__`)
     from .config import TrainConfig, resolve_config  # noqa: F401
     from .data import DADADataLoaders, TensorClassMap, TensorDepth, dada_datablock, dada_dataloaders, normalization  # noqa: F401
@@ -25,25 +27,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
     from .runs import resume, train  # noqa: F401
     from .toy import ToyConfig, make_toy_pair  # noqa: F401
 
-
-def _version() -> str:
-    """The version in settings.ini (a checkout or an editable install), else the installed package's."""
-    from configparser import ConfigParser
-    from pathlib import Path
-    ini = Path(__file__).resolve().parent.parent / 'settings.ini'
-    if ini.is_file():
-        cfg = ConfigParser(delimiters=['='])
-        cfg.read(ini, encoding='utf-8')
-        if cfg.get('DEFAULT', 'lib_path', fallback=None) == __name__ and cfg.get('DEFAULT', 'version', fallback=None):
-            return cfg['DEFAULT']['version']
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version('dada-fastai')
-    except PackageNotFoundError:
-        return '0+unknown'
-
-
-__version__ = _version()
 
 _EXPORTS = {  # public name -> the module that defines it (keep in step with the TYPE_CHECKING block below)
     'train': 'runs', 'resume': 'runs', 'TrainConfig': 'config', 'resolve_config': 'config',

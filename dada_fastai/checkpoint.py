@@ -16,8 +16,8 @@ from .run_folder import EXPORT_FILE, LAST_CHECKPOINT, RunFolder
 from .storage import atomic_write_bytes
 
 __all__ = ['CheckpointError', 'atomic_write_bytes', 'training_state', 'save_checkpoint', 'load_checkpoint',
-           'restore_training_state', 'Checkpointer', 'ResumeFrom', 'export_inference', 'load_inference_file',
-           'CHECKPOINT_FORMAT', 'EXPORT_FORMAT', 'NETWORKS']
+           'restore_training_state', 'Checkpointer', 'ResumeFrom', 'export_inference', 'save_export',
+           'load_inference_file', 'CHECKPOINT_FORMAT', 'EXPORT_FORMAT', 'NETWORKS']
 
 CHECKPOINT_FORMAT = 'dada-fastai-checkpoint-v1'
 EXPORT_FORMAT = 'dada-fastai-export-v1'
@@ -229,10 +229,15 @@ class ResumeFrom(Callback):
 
 def export_inference(learn, path: str | Path) -> Path:
     """Export the segmenter for inference as safetensors with its metadata (no pickle)."""
+    return save_export(learn.model, learn.meta, path)
+
+
+def save_export(model: torch.nn.Module, meta, path: str | Path) -> Path:
+    """Write `model`'s weights and its `meta.RunMeta` as a safetensors export (atomically)."""
     from safetensors.torch import save
-    meta = {'format': EXPORT_FORMAT, 'meta': json.dumps(learn.meta.to_dict())}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
-    return atomic_write_bytes(path, save(tensors, metadata=meta))
+    info = {'format': EXPORT_FORMAT, 'meta': json.dumps(meta.to_dict())}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(path, save(tensors, metadata=info))
 
 
 NETWORKS = ('student', 'teacher')  # what a self-training run's files hold; exports hold the student

@@ -1,4 +1,4 @@
-"""`dada-fastai`: train, evaluate, predict, data-report and runs from a shell (fastcore parsers, rich output).
+"""`dada-fastai`: train, evaluate, predict, export, data-report and runs from a shell (fastcore parsers, rich output).
 
 Every failure the user can fix ends in one line on stderr (what is wrong, where, what to do) and a
 non-zero exit, never a traceback."""
@@ -14,10 +14,10 @@ from fastcore.script import anno_parser, store_true
 from rich.console import Console
 from rich.table import Table
 
-from .config import (Option, dataset_spec_rule, device_rule, model_file_rule, out_folder_rule, preset_rule,
-                     run_folder_rule, size_rule)
+from .config import (Option, dataset_spec_rule, device_rule, formats_rule, model_file_rule, out_file_rule,
+                     out_folder_rule, preset_rule, run_folder_rule, scales_rule, size_rule)
 
-__all__ = ['main', 'train', 'evaluate', 'predict', 'data_report', 'runs', 'COMMANDS']
+__all__ = ['main', 'train', 'evaluate', 'predict', 'export', 'data_report', 'runs', 'COMMANDS']
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -121,6 +121,12 @@ def _train_choices(name: str):
     return lambda: option_choices(*train_options()[name])
 
 
+_TTA = ('none', 'flip')  # --tta: test-time augmentation (scales have their own option)
+_TTA_HELP = "test-time augmentation: flip averages the softmax over the image and its mirror (none: the paper's)"
+_SCALES_HELP = ("test-time scales: the softmax averaged over the image resized by each (e.g. 0.75,1,1.25; 1: the "
+                "paper's)")
+
+
 def evaluate(
     model: str,  # a run folder, a checkpoint (.pth) or an export (.safetensors)
     target: Annotated[str, Option('KIND:DIR of the labelled target (default: the run\'s target)', check=dataset_spec_rule)] = None,
@@ -131,31 +137,52 @@ def evaluate(
     device: Annotated[str, Option('auto, cpu, cuda or cuda:N', check=device_rule)] = 'auto',
     precision: Annotated[str, Option('fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', choices=_train_choices('precision'))] = 'fp32',
     network: Annotated[str, Option('the network of a self-training run: student (what it exports) or teacher (its mean teacher, from the checkpoint)', choices=lambda: ('student', 'teacher'))] = 'student',
+    tta: Annotated[str, Option(_TTA_HELP, choices=lambda: _TTA)] = 'none',
+    scales: Annotated[str, Option(_SCALES_HELP, check=scales_rule)] = '1',
     json_out: Annotated[store_true, 'print one JSON object'] = False,
 ):
     """Evaluate a model on a target validation set: per-class IoU, mIoU, mIoU*, negative transfer and depth."""
     from .inference import evaluate_model
     res = evaluate_model(model, target, classes=classes, target_size=target_size, baseline=baseline,
-                         max_images=max_images, device=device, precision=precision, network=network)
+                         max_images=max_images, device=device, precision=precision, network=network,
+                         flip=tta == 'flip', scales=scales)
     if json_out:
         print(json.dumps(res))
     else:
-        _print_iou(res, f'{model} on {res["target"]} ({res["images"]} images)')
+        tta = res.get('tta')
+        how = f', test-time augmentation: flip {tta["flip"]}, scales {tta["scales"]}' if tta else ''
+        _print_iou(res, f'{model} on {res["target"]} ({res["images"]} images{how})')
     return 0
 
 
 def predict(
     model: str,  # a run folder, a checkpoint (.pth) or an export (.safetensors)
     inputs: Annotated[str, 'images or folders of images', {'nargs': '+'}],
-    out: Annotated[str, Option('output folder for <name>_seg.png and <name>_depth.png', check=out_folder_rule)] = 'predictions',
+    out: Annotated[str, Option('output folder; each file is named from its image (<name>_seg.png, <name>_labelIds.png, ...)', check=out_folder_rule)] = 'predictions',
+    format: Annotated[str, Option('what to write, a comma list: color (<name>_seg.png, <name>_depth.png), overlay, train-ids, label-ids (Cityscapes labelIds, for the benchmark), depth (16-bit, with depth_encoding.json), npy', check=formats_rule)] = 'color',
     size: Annotated[str, Option('HxW the network sees (default: the run\'s target size)', check=size_rule)] = None,
     device: Annotated[str, Option('auto, cpu, cuda or cuda:N', check=device_rule)] = 'auto',
     precision: Annotated[str, Option('fp32 (default, as the reference evaluated), or bf16/fp16 autocast (faster on GPUs and on CPUs with native bf16)', choices=_train_choices('precision'))] = 'fp32',
+    tta: Annotated[str, Option(_TTA_HELP, choices=lambda: _TTA)] = 'none',
+    scales: Annotated[str, Option(_SCALES_HELP, check=scales_rule)] = '1',
 ):
-    """Predict colour-coded segmentation and depth PNGs for images or folders."""
+    """Predict images or folders: colour pictures, overlays, class or label ids, depth, arrays, named after each image."""
     from .inference import predict_files
-    written = predict_files(model, inputs, out, size=size, device=device, precision=precision)
-    console.print(f'wrote {len(written)} images to {out}/')
+    written = predict_files(model, inputs, out, size=size, device=device, precision=precision, formats=format,
+                            flip=tta == 'flip', scales=scales)
+    console.print(f'wrote {len(written)} files to {out}/')
+    return 0
+
+
+def export(
+    model: str,  # a run folder, a checkpoint (.pth) or an export (.safetensors)
+    format: Annotated[str, Option('onnx (for runtimes outside PyTorch; needs the onnx extra) or safetensors (the package\'s own export)', choices=lambda: ('onnx', 'safetensors'))] = 'onnx',
+    out: Annotated[str, Option('the file to write (default: RUN/export.onnx or RUN/export.safetensors)', check=out_file_rule)] = None,
+):
+    """Export a trained segmenter: ONNX (inputs of any size, the preprocessing in its metadata) or safetensors."""
+    from .inference import export_model
+    path = export_model(model, format, out)
+    console.print(f'wrote {path}')
     return 0
 
 
@@ -184,20 +211,31 @@ def runs(
     sort: Annotated[str, 'sort by this column (numbers: largest first)', {'choices': ['run', 'method', 'arch', 'iters', 'miou', 'miou13', 'date', 'duration', 'status']}] = 'date',
     reverse: Annotated[store_true, 'reverse the order'] = False,
     per_class: Annotated[store_true, 'add the IoU of each class'] = False,
+    group: Annotated[store_true, 'one row per group of runs that differ only in their seed: mean, standard deviation and number of seeds'] = False,
     json_out: Annotated[store_true, 'print one JSON list'] = False,
 ):
-    """List training runs side by side: method, backbone, iterations, mIoU, mIoU*, date, duration, state."""
-    from .runs_table import collect_runs, print_runs
+    """List training runs side by side, or (--group) the seeds of each setting in one row with their mean and spread.
+
+    A run's row: method, backbone, iterations, mIoU, mIoU*, date, duration, state."""
+    from .runs_table import collect_runs, group_runs, print_groups, print_runs
     found = collect_runs(dirs or ['runs'], sort=sort, reverse=reverse)
-    if json_out:
+    if group:
+        groups = group_runs(found, sort=sort, reverse=reverse)
+        if json_out:
+            print(json.dumps(groups))
+        else:
+            print_groups(groups, console=console)
+    elif json_out:
         print(json.dumps(found))
     else:
         print_runs(found, console=console, per_class=per_class)
     return 0
 
 
-COMMANDS = {'train': train, 'evaluate': evaluate, 'predict': predict, 'data-report': data_report, 'runs': runs}
-_POSITIONAL = {'evaluate': ['model'], 'predict': ['model', 'inputs'], 'data-report': [], 'runs': ['dirs']}
+COMMANDS = {'train': train, 'evaluate': evaluate, 'predict': predict, 'export': export, 'data-report': data_report,
+            'runs': runs}
+_POSITIONAL = {'evaluate': ['model'], 'predict': ['model', 'inputs'], 'export': ['model'], 'data-report': [],
+               'runs': ['dirs']}
 
 
 def _declared(func) -> dict[str, tuple[type, Option]]:

@@ -18,7 +18,7 @@ from .run_folder import RunFolder, read_mapping
 
 __all__ = ['TrainConfig', 'Option', 'option', 'train_options', 'check_option', 'check_config', 'describe', 'flag',
            'option_choices', 'value_type', 'dataset_spec_rule', 'size_rule', 'device_rule',
-           'out_folder_rule', 'preset_rule', 'run_folder_rule', 'model_file_rule', 'PRESET_DIR', 'list_presets', 'load_preset', 'resolve_config', 'ConfigError',
+           'out_folder_rule', 'out_file_rule', 'formats_rule', 'scales_rule', 'preset_rule', 'run_folder_rule', 'model_file_rule', 'PRESET_DIR', 'list_presets', 'load_preset', 'resolve_config', 'ConfigError',
            'WARM_START_RECIPE', 'warm_start_recipe', 'SELF_TRAINING_OPTIONS']
 
 PRESET_DIR = Path(__file__).parent / 'presets'
@@ -104,6 +104,34 @@ def out_folder_rule(value: str) -> str | None:
         return f'a folder in a writable place ({parent} is a file)'
     if not os.access(parent, os.W_OK | os.X_OK):
         return f'a folder in a writable place ({parent} is not writable)'
+    return None
+
+
+def out_file_rule(value: str) -> str | None:
+    """A file that can be written: not a folder, in a folder that exists or can be made in a writable place."""
+    path = Path(value).expanduser()
+    if path.is_dir() or str(value).endswith(('/', '\\')):
+        return 'a file path (this is a folder)'
+    if out_folder_rule(str(path.parent)) is not None:
+        return f'a file in a folder that exists or can be made, in a writable place ({path.parent} cannot be one)'
+    return None
+
+
+def formats_rule(value: str) -> str | None:
+    from .outputs import FORMATS, parse_formats
+    try:
+        parse_formats(value)
+    except ConfigError:
+        return f'a comma list of {", ".join(FORMATS)} (e.g. color,label-ids)'
+    return None
+
+
+def scales_rule(value: str) -> str | None:
+    from .prediction import TTA_SCALES, check_scales
+    try:
+        check_scales(value)
+    except ConfigError:
+        return f'a comma list of numbers from {TTA_SCALES[0]:g} to {TTA_SCALES[1]:g} (e.g. 0.75,1,1.25)'
     return None
 
 

@@ -17,7 +17,7 @@ from .losses import upsample
 from .run_folder import RunFolder, read_history
 from .storage import atomic_write_bytes
 
-__all__ = ['depth_to_rgb', 'draw_curves', 'fixed_images', 'prediction_grid', 'show_results']
+__all__ = ['depth_to_rgb', 'draw_curves', 'fixed_images', 'prediction_grid', 'class_legend', 'show_results']
 
 
 def depth_to_rgb(depth: np.ndarray | torch.Tensor, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -217,10 +217,19 @@ def _taught_row(learn) -> list[tuple[str, np.ndarray]] | None:
             ('mixed image', img(ex['mixed_rgb'])), ('mixed labels', proto.colorize(ex['labels'][0].cpu().numpy()))]
 
 
+def class_legend(fig, protocol, fontsize: int = 8):
+    """Add a legend of the protocol's class colours under the figure's axes (a reader need not know the palette)."""
+    from matplotlib.patches import Patch
+    handles = [Patch(facecolor=[c / 255 for c in colour], edgecolor='none', label=name)
+               for name, colour in zip(protocol.classes, protocol.palette)]
+    return fig.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, 0), ncol=min(len(handles), 8),
+                      fontsize=fontsize, frameon=False, title='classes', title_fontsize=fontsize)
+
+
 def show_results(learn, dl, max_n: int = 4, figsize=None):
     """Draw `learn.show_results`: per image of `dl` (bs 1) the target image, its ground truth, the prediction, a
     self-training run's teacher's pseudo-label, and the predicted depth (near = warm); for a self-training run a last
-    row of what the student was taught (`_taught_row`). Returns the axes."""
+    row of what the student was taught (`_taught_row`); under them a legend of the class colours. Returns the axes."""
     from fastai.vision.data import get_grid
     teacher = getattr(getattr(learn, 'teacher', None), 'model', None) is not None
     taught = _taught_row(learn)
@@ -248,4 +257,5 @@ def show_results(learn, dl, max_n: int = 4, figsize=None):
             ax.set_title(title, fontsize=8)
     for a in axs:
         a.axis('off')
+    class_legend(axs[0].figure, proto)
     return axs

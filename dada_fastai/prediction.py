@@ -15,12 +15,15 @@ from fastcore.foundation import L
 from torch import nn
 
 from .data import TensorClassMap, TensorDepth
+from .errors import ConfigError
 from .losses import upsample
 from .preprocess import padded_content_size
 from .protocols import ClassProtocol
 
 __all__ = ['prediction_to_size', 'prediction_triple', 'GatherSegDepth', 'item_fit', 'assemble',
-           'TestTimeAugmentation']
+           'TestTimeAugmentation', 'TTA_SCALES', 'check_scales']
+
+TTA_SCALES = (0.1, 4.)  # the smallest and largest test-time scale: an image 0.1 of its size, or 4 times it
 
 
 def prediction_to_size(x: torch.Tensor, input_hw: Sequence[int], out_hw: Sequence[int], fit: str = 'stretch') -> torch.Tensor:
@@ -79,6 +82,21 @@ def assemble(chunks: list, size):
         else:
             out.append(to_concat(parts))
     return tuple(out)
+
+
+def check_scales(scales: str | Sequence[float]) -> tuple[float, ...]:
+    """Test-time scales as numbers: '0.75,1,1.25' (or a sequence) -> (0.75, 1.0, 1.25); ConfigError naming the value
+    unless each is a number from 0.1 to 4 (`TTA_SCALES`)."""
+    low, high = TTA_SCALES
+    what = f'--scales must be a comma list of numbers from {low:g} to {high:g} (e.g. 0.75,1,1.25), not {scales!r}'
+    parts = scales.split(',') if isinstance(scales, str) else list(scales)
+    try:
+        values = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(what) from None
+    if not values or not all(low <= v <= high for v in values):  # NaN fails the comparison too
+        raise ConfigError(what)
+    return values
 
 
 class TestTimeAugmentation(nn.Module):

@@ -19,6 +19,7 @@ class ClassProtocol:
     cityscapes: Mapping[int, int]  # Cityscapes labelId -> train id
     vistas: Mapping[str, int] = field(default_factory=dict)  # Mapillary Vistas label name -> train id
     subset13: tuple[int, ...] | None = None  # train ids of the 13-class mIoU*
+    label_ids: tuple[int, ...] = ()  # train id -> the Cityscapes labelId a prediction of it is written as
 
     @property
     def n_classes(self) -> int:
@@ -29,6 +30,13 @@ class ClassProtocol:
         pal = np.zeros((256, 3), np.uint8)
         pal[:self.n_classes] = self.palette
         return pal[np.asarray(train_ids, dtype=np.uint8)]
+
+    def to_label_ids(self, train_ids: np.ndarray) -> np.ndarray:
+        """(H, W) train ids -> (H, W) uint8 Cityscapes labelIds, as the benchmark takes them: each class as its
+        labelId (`label_ids`), ignored pixels (255) as 0, 'unlabeled'."""
+        lut = np.zeros(256, np.uint8)
+        lut[:self.n_classes] = self.label_ids
+        return lut[np.asarray(train_ids, dtype=np.uint8)]
 
 
 Protocol = ClassProtocol  # its former name (it shadowed `typing.Protocol`)
@@ -57,6 +65,8 @@ _CITYSCAPES16 = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 23
 CITYSCAPES_CATEGORY = {**dict.fromkeys((7, 8, 9, 10), 0), **dict.fromkeys(range(11, 17), 1),
                        **dict.fromkeys(range(17, 21), 2), **dict.fromkeys((21, 22), 3), 23: 4,
                        **dict.fromkeys((24, 25), 5), **dict.fromkeys(range(26, 34), 6)}
+# the labelId written for each 16-class train id: the inverse of _CITYSCAPES16
+_LABEL_IDS16 = tuple(sorted(_CITYSCAPES16, key=_CITYSCAPES16.get))
 _CLASSES7 = ('flat', 'construction', 'object', 'nature', 'sky', 'human', 'vehicle')
 _PALETTE7 = ((128, 64, 128), (70, 70, 70), (250, 170, 30), (107, 142, 35), (70, 130, 180), (220, 20, 60),
              (0, 0, 142))
@@ -72,11 +82,15 @@ _VISTAS7_NAMES = {
         'truck', 'wheeled slow'),
 }
 _VISTAS7 = {name: tid for tid, names in _VISTAS7_NAMES.items() for name in names}
+# a representative labelId of each category, written for a 7-class prediction: road, building, pole, vegetation, sky,
+# person, car; cityscapesScripts' category-level evaluation counts each as its category
+_LABEL_IDS7 = (7, 11, 17, 21, 23, 24, 26)
 
 PROTOCOLS = {
     16: ClassProtocol('16', _CLASSES16, tuple(_CS_PALETTE.values()), _SYNTHIA16, _CITYSCAPES16,
-                 subset13=tuple(i for i, c in enumerate(_CLASSES16) if c not in ('wall', 'fence', 'pole'))),
-    7: ClassProtocol('7', _CLASSES7, _PALETTE7, _SYNTHIA7, CITYSCAPES_CATEGORY, _VISTAS7),
+                      subset13=tuple(i for i, c in enumerate(_CLASSES16) if c not in ('wall', 'fence', 'pole')),
+                      label_ids=_LABEL_IDS16),
+    7: ClassProtocol('7', _CLASSES7, _PALETTE7, _SYNTHIA7, CITYSCAPES_CATEGORY, _VISTAS7, label_ids=_LABEL_IDS7),
 }
 
 

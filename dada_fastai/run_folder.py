@@ -7,6 +7,7 @@ asks a `RunFolder` for a path or a file's content instead of spelling `'config.y
     curves.png           drawn from history.csv
     last.pth, prev.pth   the last training checkpoint and the one before it (`checkpoint`)
     export.safetensors   the trained segmenter for inference
+    export.onnx          the segmenter for runtimes outside PyTorch (`dada-fastai export RUN --format onnx`)
     results.json         the final evaluation; results.png its pictures
     tensorboard/, wandb/ the optional loggers' files
 
@@ -25,12 +26,13 @@ from .errors import ConfigError, RunError
 from .storage import append_bytes, atomic_write_bytes
 
 __all__ = ['CONFIG_FILE', 'STATUS_FILE', 'HISTORY_FILE', 'DAMAGED_HISTORY_FILE', 'CURVES_FILE', 'LAST_CHECKPOINT',
-           'PREV_CHECKPOINT', 'EXPORT_FILE', 'RESULTS_FILE', 'PICTURE_FILE', 'RUN_FILES', 'read_mapping', 'read_history',
-           'is_validation_row', 'write_history_rows', 'RunFolder']
+           'PREV_CHECKPOINT', 'EXPORT_FILE', 'ONNX_FILE', 'RESULTS_FILE', 'PICTURE_FILE', 'RUN_FILES', 'read_mapping',
+           'read_history', 'is_validation_row', 'write_history_rows', 'RunFolder']
 
 CONFIG_FILE, STATUS_FILE, RESULTS_FILE, PICTURE_FILE = 'config.yaml', 'status.json', 'results.json', 'results.png'
 HISTORY_FILE, DAMAGED_HISTORY_FILE, CURVES_FILE = 'history.csv', 'history.damaged.csv', 'curves.png'
 LAST_CHECKPOINT, PREV_CHECKPOINT, EXPORT_FILE = 'last.pth', 'prev.pth', 'export.safetensors'
+ONNX_FILE = 'export.onnx'
 RUN_FILES = (CONFIG_FILE, LAST_CHECKPOINT, EXPORT_FILE)  # any of them: the folder holds a run
 
 
@@ -154,6 +156,7 @@ class RunFolder:
     last = property(lambda self: self.path / LAST_CHECKPOINT, doc='last.pth')
     prev = property(lambda self: self.path / PREV_CHECKPOINT, doc='prev.pth')
     export = property(lambda self: self.path / EXPORT_FILE, doc='export.safetensors')
+    onnx = property(lambda self: self.path / ONNX_FILE, doc='export.onnx')
     results = property(lambda self: self.path / RESULTS_FILE, doc='results.json')
     picture = property(lambda self: self.path / PICTURE_FILE, doc='results.png')
     tensorboard = property(lambda self: self.path / 'tensorboard', doc="TensorBoard's event files")

@@ -1,10 +1,13 @@
 """Runs side by side: what `dada-fastai runs` reads from run folders (config.yaml, status.json, history.csv,
-results.json) and the rich table it prints."""
+results.json) and the rich table it prints; with `--group`, the runs that differ only in their seed in one row, with the
+mean, the standard deviation and the number of seeds."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+import statistics
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from .errors import RunError
 from .run_folder import RunFolder, is_validation_row
 
 __all__ = ['SORT_KEYS', 'is_run_dir', 'find_run_dirs', 'run_summary', 'collect_runs', 'sort_runs', 'runs_table',
-           'print_runs']
+           'print_runs', 'NOT_SETTINGS', 'settings_key', 'group_runs', 'groups_table', 'print_groups']
 
 SORT_KEYS = ('run', 'method', 'arch', 'iters', 'miou', 'miou13', 'date', 'duration', 'status')
 _NUMERIC = {'iters', 'miou', 'miou13', 'duration'}  # sorted largest first
@@ -66,9 +69,10 @@ def _state(status: dict | None, results: dict | None) -> tuple[str, str | None]:
 
 
 def run_summary(path: str | Path) -> dict:
-    """One run as plain values: run, path, method, arch, iters_done, iters, miou, miou13 (%; the final
-    evaluation, or the last validation of a run that did not finish, at `miou_iter`), per_class, date
-    (start, ISO), started (epoch seconds), duration (seconds across sessions), status, error."""
+    """One run as plain values: run, path, method, arch, seed, iters_done, iters, miou, miou13 (%; the final
+    evaluation, or the last validation of a run that did not finish, at `miou_iter`), delta1 (the depth's δ<1.25, where
+    the run measures it), per_class, date (start, ISO), started (epoch seconds), duration (seconds across sessions),
+    status, error."""
     path = Path(path)
     folder = RunFolder(path)
     cfg = folder.read_config() or {}
@@ -80,17 +84,20 @@ def run_summary(path: str | Path) -> dict:
     done = max([int(v) for v in (last, (status or {}).get('iter'), (results or {}).get('iters')) if v is not None],
                default=0)
     asked = (status or {}).get('iters', cfg.get('iters'))
-    miou = miou13 = miou_iter = None
+    miou = miou13 = miou_iter = delta1 = None
     per_class = {}
     if state == 'finished' and results:
         miou, miou13, miou_iter = results.get('miou'), results.get('miou13'), results.get('iters')
         per_class = results.get('per_class') or {}
+        depth = results.get('depth')
+        delta1 = depth.get('delta1') if isinstance(depth, dict) else None
     else:
         valid = [r for r in rows if is_validation_row(r) and r.get('miou')]
         if valid:
             r = valid[-1]
             miou, miou_iter = float(r['miou']), int(r['iter'])
             miou13 = float(r['miou13']) if r.get('miou13') else None
+            delta1 = float(r['delta1']) if r.get('delta1') else None
     started = (status or {}).get('started')
     if started is None:
         try:
@@ -106,8 +113,9 @@ def run_summary(path: str | Path) -> dict:
     if duration is None and results:
         duration = results.get('seconds')
     return {'run': path.name, 'path': str(path), 'method': cfg.get('method'), 'arch': cfg.get('arch'),
-            'iters_done': done, 'iters': asked, 'miou': _num(miou),
-            'miou13': _num(miou13), 'miou_iter': miou_iter, 'per_class': {k: _num(v) for k, v in per_class.items()},
+            'seed': cfg.get('seed'), 'iters_done': done, 'iters': asked, 'miou': _num(miou),
+            'miou13': _num(miou13), 'miou_iter': miou_iter, 'delta1': _num(delta1),
+            'per_class': {k: _num(v) for k, v in per_class.items()},
             'date': time.strftime('%Y-%m-%d %H:%M', time.localtime(started)) if started else None,
             'started': started, 'duration': round(duration, 1) if duration is not None else None,
             'status': state, 'error': error}
@@ -193,10 +201,110 @@ def runs_table(found: list[dict], per_class: bool = False, title: str | None = N
 
 def print_runs(found: list[dict], console=None, per_class: bool = False) -> None:
     """Print the table of `found` runs (mIoU of a run that did not finish: its last validation, @iteration)."""
+    _print(runs_table(found, per_class=per_class, title=f'{len(found)} run{"s" if len(found) != 1 else ""}'), console)
+
+
+def _print(table, console=None) -> None:
+    """Print a rich table; to a file or a pipe at its natural width, not squeezed into 80 columns."""
     from rich.console import Console
     console = console or Console()
-    table = runs_table(found, per_class=per_class, title=f'{len(found)} run{"s" if len(found) != 1 else ""}')
-    if not console.is_terminal:  # a file or a pipe: the table at its natural width, not squeezed into 80 columns
+    if not console.is_terminal:
         width = console.measure(table, options=console.options.update_width(1000)).maximum
         console = Console(file=console.file, width=max(width, 40), color_system=None)
     console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Seeds side by side
+# ---------------------------------------------------------------------------------------------------------
+NOT_SETTINGS = ('seed', 'out', 'device', 'workers')  # what runs of one setting may differ in (and how they are watched)
+
+
+def settings_key(config: dict) -> dict:
+    """A run's configuration without what its seeds may differ in: the seed, the run folder, the device, the loader
+    workers and the options that only watch a run (those `--resume` may change, except the iterations)."""
+    from .config import train_options
+    free = set(NOT_SETTINGS) | {n for n, (_, opt) in train_options().items() if opt.on_resume and n != 'iters'}
+    return {k: v for k, v in config.items() if k not in free}
+
+
+def _stats(values: list) -> dict:
+    """{'mean', 'std' (sample, ddof 1; None for fewer than two), 'n', 'values'} of the values that are not None."""
+    vals = [v for v in values if v is not None]
+    return {'mean': statistics.fmean(vals) if vals else None,
+            'std': statistics.stdev(vals) if len(vals) > 1 else None, 'n': len(vals), 'values': vals}
+
+
+def group_runs(found: list[dict], sort: str = 'date', reverse: bool = False) -> list[dict]:
+    """Runs (`collect_runs`) that differ only in their seed (`settings_key`), one group each: method, arch, iters,
+    n (runs), seeds and runs (names; in the order of the seeds), unfinished (names of runs not finished, counted with
+    their last validation), miou, miou13 and delta1 as `{'mean', 'std', 'n', 'values'}`, settings (the shared
+    configuration) and differs (the settings, other than the method, arch and iters, in which the groups differ).
+    Sorted by `sort` (mIoU and mIoU*: the mean, largest first), else in the order of `found`."""
+    groups: dict[str, list[dict]] = {}
+    settings: dict[str, dict] = {}
+    for r in found:
+        key_values = settings_key(RunFolder(r['path']).read_config() or {})
+        key = json.dumps(key_values, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+        settings[key] = key_values
+    varying = sorted({k for s in settings.values() for k in s if k not in ('method', 'arch', 'iters')  # columns
+                      and len({json.dumps(t.get(k), sort_keys=True, default=str) for t in settings.values()}) > 1})
+    out = []
+    for key, members in groups.items():
+        members = sorted(members, key=lambda r: (r['seed'] is None, r['seed'] or 0, r['run']))
+        first = members[0]
+        out.append({'method': first['method'], 'arch': first['arch'], 'iters': first['iters'], 'n': len(members),
+                    'seeds': [r['seed'] for r in members], 'runs': [r['run'] for r in members],
+                    'unfinished': [r['run'] for r in members if r['status'] != 'finished'],
+                    **{m: _stats([r[m] for r in members]) for m in ('miou', 'miou13', 'delta1')},
+                    'settings': settings[key], 'differs': {k: settings[key].get(k) for k in varying}})
+    if sort not in ('miou', 'miou13', 'iters', 'method', 'arch'):  # a run's column: the groups in the runs' order
+        return out
+    value = (lambda g: g[sort]['mean']) if sort in ('miou', 'miou13') else (lambda g: g[sort])  # noqa: E731
+    have, missing = [g for g in out if value(g) is not None], [g for g in out if value(g) is None]
+    return sorted(have, key=value, reverse=(sort in _NUMERIC) != reverse) + missing
+
+
+def _mean_std(stats: dict, digits: int = 1) -> str:
+    if stats['mean'] is None:
+        return '-'
+    std = f' ± {stats["std"]:.{digits}f}' if stats['std'] is not None else ''
+    return f'{stats["mean"]:.{digits}f}{std}'
+
+
+def _group_name(names: list[str]) -> str:
+    """The runs of a group in one cell: their common prefix and a star ('toy/dada-*'), or their names."""
+    prefix = os.path.commonprefix(names)
+    if len(names) > 1 and prefix:
+        return prefix + '*'
+    return ', '.join(names)
+
+
+def groups_table(groups: list[dict], title: str | None = None):
+    """A rich Table of run groups: runs, method, arch, iterations, seeds, mIoU, mIoU* and depth δ<1.25 as mean ±
+    standard deviation, and the settings in which the groups differ."""
+    from rich.table import Table
+    table = Table(title=title)
+    differs = any(g['differs'] for g in groups)
+    for name, justify in (('runs', 'left'), ('method', 'left'), ('arch', 'left'), ('iters', 'right'),
+                          ('seeds', 'right'), ('mIoU', 'right'), ('mIoU*', 'right'), ('δ<1.25', 'right')):
+        table.add_column(name, justify=justify)
+    if differs:
+        table.add_column('settings', justify='left')
+    for g in groups:
+        seeds = str(g['n']) + (f' ({len(g["unfinished"])} unfinished)' if g['unfinished'] else '')
+        row = [_group_name(g['runs']), str(g['method'] or '-'), str(g['arch'] or '-'),
+               str(g['iters'] if g['iters'] is not None else '-'), seeds, _mean_std(g['miou']), _mean_std(g['miou13']),
+               _mean_std(g['delta1'], 3)]
+        if differs:
+            row.append(' '.join(f'{k}={v}' for k, v in g['differs'].items()))
+        table.add_row(*row)
+    return table
+
+
+def print_groups(groups: list[dict], console=None) -> None:
+    """Print the table of run groups (a run that did not finish counts with its last validation, and is marked)."""
+    runs = sum(g['n'] for g in groups)
+    title = f'{len(groups)} group{"s" if len(groups) != 1 else ""} of {runs} run{"s" if runs != 1 else ""}'
+    _print(groups_table(groups, title=title), console)

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import rank_distrib
 
 from dada_fastai.callbacks import DADATrainer
+from dada_fastai.checkpoint import save_export
+from dada_fastai.config import resolve_config
+from dada_fastai.meta import RunMeta
+from dada_fastai.methods import method_config
+from dada_fastai.model import DADA
+from dada_fastai.run_folder import RunFolder
 from layouts import make_cityscapes, make_synthia
 
 SOURCE_SIZE, TARGET_SIZE = '32x48', '32x64'  # the discriminator needs at least 32 pixels a side
@@ -26,6 +33,30 @@ def tiny_options(source: str, target: str, **overrides) -> dict:
                 checkpoint_every=2, eval_every=2)
     opts.update(overrides)
     return opts
+
+
+def make_run(folder: Path, source: str, target: str, classes: int = 16, method: str = 'dada', seed: int = 0,
+             **options) -> Path:
+    """A run folder as `train` leaves it (config.yaml and export.safetensors) for a tiny untrained network whose
+    classifier is scaled up and centred (each class's mean score on noise images 0), so that its predictions vary
+    from pixel to pixel."""
+    cfg = resolve_config(None, source=source, target=target, classes=classes, method=method, arch='test_resnet',
+                         pretrained=False, source_size='32x48', target_size='32x64', norm='imagenet', out=str(folder),
+                         **options)
+    RunFolder(folder).write_config(cfg.to_dict())
+    parts = method_config(method)
+    torch.manual_seed(seed)
+    model = DADA(classes, arch='test_resnet', depth_block=parts.depth_block, feature_fusion=parts.feature_fusion)
+    model.eval()
+    with torch.no_grad():
+        for conv in model.classifier.convs:
+            conv.weight.mul_(40)
+        seg, _ = model(torch.randn(4, 3, 32, 64))
+        model.classifier.convs[0].bias.sub_(seg.mean((0, 2, 3)))
+    meta = RunMeta(classes, 'test_resnet', parts.depth_block, parts.feature_fusion, norm='imagenet',
+                   target_size=(32, 64))
+    save_export(model, meta, RunFolder(folder).export)
+    return folder
 
 
 def built_stages(monkeypatch, caller=None) -> list:

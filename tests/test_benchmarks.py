@@ -69,3 +69,26 @@ def test_toy_gap_refuses_a_bad_option_before_training(toy_gap, tmp_path, capsys,
         toy_gap.main(['--json', str(tmp_path / 'r.json'), '--set', bad])
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / 'r.json').exists() and not (tmp_path / 'cache').exists()
+
+
+def test_the_command_line_reproduces_toy_gaps_numbers(toy_gap, tmp_path, capsys):
+    """The README's command sequence (`dada-fastai train --method M --seed S --out runs/toy/M-S` for each method and
+    seed, then `dada-fastai runs runs/toy --group`) gives toy_gap.py's numbers: the same method and seed, the same
+    mIoU, per class and depth, and the group's mean is it."""
+    from dada_fastai.cli import main
+    toy = '{size: [32, 64], n_source: 8, n_target_train: 8, n_target_val: 2}'
+    results = tmp_path / 'results.json'
+    toy_gap.main(['--methods', 'dada', '--iters', '2', '--json', str(results), *TINY, '--set', 'warm_start=2'])
+    (benchmark,) = json.loads(results.read_text())
+    preset = tmp_path / 'tiny.yaml'  # what TINY and --set give toy_gap.py: the toy pair's size, its warm start
+    preset.write_text(f'warm_start: 2\ntoy: {toy}\n')
+    out = tmp_path / 'runs' / 'toy' / 'dada-0'
+    assert main(['train', '--config', str(preset), '--method', 'dada', '--seed', '0', '--iters', '2', '--source-size',
+                 '32x64', '--target-size', '32x64', '--out', str(out)]) == 0
+    trained = json.loads((out / 'results.json').read_text())
+    assert trained['miou'] == benchmark['miou'] and trained['per_class'] == benchmark['per_class']
+    assert trained['depth'] == benchmark['depth']
+    capsys.readouterr()
+    assert main(['runs', str(tmp_path / 'runs' / 'toy'), '--group', '--json']) == 0
+    (group,) = json.loads(capsys.readouterr().out)
+    assert group['miou']['mean'] == benchmark['miou'] and group['seeds'] == [0] and group['method'] == 'dada'

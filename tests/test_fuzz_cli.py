@@ -1,7 +1,7 @@
-"""Property-based fuzz of the command line: for every option of `train`, `evaluate`, `predict` and `data-report`,
-values drawn from what its declaration makes invalid (wrong type, out of range, NaN/inf, empty, huge, negative,
-unknown choice, paths that are files, missing or under a file) go through the parser and the option checks (no
-training: reaching a command fails the test). Each must end in one line naming the option (a positional: its
+"""Property-based fuzz of the command line: for every option of `train`, `evaluate`, `predict`, `export` and
+`data-report`, values drawn from what its declaration makes invalid (wrong type, out of range, NaN/inf, empty, huge,
+negative, unknown choice, paths that are files, missing or under a file) go through the parser and the option checks
+(no training: reaching a command fails the test). Each must end in one line naming the option (a positional: its
 value), a non-zero exit, no traceback and nothing created. `EXAMPLES` values per option; the total is printed."""
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ _RULE_VALUES = {  # invalid values for string options, by the rule that checks t
                              _WORD.map(lambda w: 'dev' + w)),
     'log_rule': st.one_of(st.sampled_from(['tb', 'tensorboard;wandb', 'wandb,', '']), _WORD.map(lambda w: 'log' + w)),
     'arch_rule': st.one_of(_WORD.map(lambda w: f'no_such_model_{w}'), st.just('')),
+    'formats_rule': st.one_of(st.sampled_from(['', ',', 'colour', 'color,', 'label_ids', 'png', 'color;depth']),
+                              _WORD.map(lambda w: 'color,x' + w)),
+    'scales_rule': st.one_of(st.sampled_from(['', '0', '-1', '1,,2', 'nan', 'inf', '0.05', '4.5', '1;2', 'x']),
+                             st.floats(max_value=0.1, exclude_max=True).map(repr),
+                             st.floats(min_value=4, exclude_min=True).map(repr)),
 }
 
 
@@ -84,7 +89,11 @@ def _strategy(name: str, kind, opt, world: Path) -> st.SearchStrategy[str]:
         return st.one_of(_path_values(world), _WORD.map(lambda w: f'no_such_preset_{w}'),
                          st.binary(max_size=40).map(lambda b: ('write', b'\xff' + b)),
                          _TEXT.map(lambda t: ('write', f'- {t!r}\n'.encode())))
-    assert rule in ('out_folder_rule', 'weights_rule', 'run_folder_rule', 'model_file_rule'), (name, rule)
+    assert rule in ('out_folder_rule', 'out_file_rule', 'weights_rule', 'run_folder_rule', 'model_file_rule'), (name,
+                                                                                                                rule)
+    if rule == 'out_file_rule':  # a folder, or a file under a file
+        return st.one_of(st.just(str(world / 'empty_dir')), _WORD.map(lambda w: str(world / 'a_file' / w)),
+                         _WORD.map(lambda w: str(world / 'a_file' / w / 'x.onnx')))
     if rule == 'out_folder_rule':
         return st.one_of(st.just(str(world / 'a_file')), _WORD.map(lambda w: str(world / 'a_file' / w)))
     if rule in ('weights_rule', 'model_file_rule'):  # a file is what they take (its content is checked on loading)
@@ -95,11 +104,11 @@ def _strategy(name: str, kind, opt, world: Path) -> st.SearchStrategy[str]:
 def _options(world: Path):
     """(command, option name or positional, leading arguments, strategy, positional) for every option."""
     leads = {'train': [], 'evaluate': [str(world / 'no_run')], 'predict': [str(world / 'no_run'), 'x.png'],
-             'data-report': ['--source', 'synthia:/s', '--target', 'cityscapes:/t']}
+             'export': [str(world / 'no_run')], 'data-report': ['--source', 'synthia:/s', '--target', 'cityscapes:/t']}
     for name, (kind, opt) in train_options().items():
         if opt.cli:
             yield 'train', name, [], _strategy(name, kind, opt, world), False
-    for command in ('train', 'evaluate', 'predict', 'data-report'):
+    for command in ('train', 'evaluate', 'predict', 'export', 'data-report'):
         for name, (kind, opt) in cli._declared(cli.COMMANDS[command]).items():
             lead = leads[command]
             if flag(name) in lead:  # the fuzzed option replaces its valid value
@@ -109,6 +118,7 @@ def _options(world: Path):
     missing = _path_values(world).filter(lambda p: p and p != str(world / 'a_file'))
     yield 'evaluate', 'model', [], missing, True
     yield 'predict', 'inputs', [str(world / 'no_run')], missing, True
+    yield 'export', 'model', [], missing, True
 
 
 @pytest.fixture

@@ -123,3 +123,67 @@ def test_a_folder_without_runs_is_a_one_line_error(root, tmp_path, capsys):
         assert e.value.code == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith('dada-fastai: error:') and '\n' not in err and message in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Seeds side by side
+# ---------------------------------------------------------------------------------------------------------
+def _written_run(folder, seed: int, miou: float, delta1: float | None = None, finished: bool = True, **options):
+    """A run folder as `train` writes it (config.yaml, status.json, results.json or, unfinished, a validation row in
+    history.csv), with the given results."""
+    import time
+    from dada_fastai.run_folder import RunFolder, write_history_rows
+    cfg = resolve_config(None, **tiny_options('synthia:/s', 'cityscapes:/c', seed=seed, out=str(folder), **options))
+    run = RunFolder(folder)
+    run.write_config(cfg.to_dict())
+    status = {'state': 'finished' if finished else 'stopped', 'iters': cfg.iters, 'iter': cfg.iters if finished else 2,
+              'elapsed': 10., 'started': time.time()}
+    run.write_status(status)
+    if finished:
+        run.write_results({'iters': cfg.iters, 'miou': miou, 'miou13': None, 'per_class': {},
+                           **({'depth': {'delta1': delta1}} if delta1 is not None else {})})
+    else:
+        header = ['iter', 'train_loss', 'lr', 'valid_loss', 'miou', 'miou13', 'delta1', 'time']
+        write_history_rows(run.history, header, [{'iter': 2, 'valid_loss': 1., 'miou': miou, 'delta1': delta1,
+                                                 'time': 5.}], append=False)
+
+
+def test_runs_that_differ_only_in_their_seed_are_one_row(tmp_path, capsys):
+    import statistics
+    root = tmp_path / 'toy'
+    for seed, miou, delta1 in ((0, 40., 0.60), (1, 42., 0.62), (2, 44., 0.64)):
+        _written_run(root / f'dada-{seed}', seed, miou, delta1)
+    # another seed on another device, with other workers and logging: the same setting; stopped at its validation
+    _written_run(root / 'dada-3', 3, 41., 0.62, finished=False, device='cpu', workers=1, log_every=1, iters=4)
+    _written_run(root / 'dada-lr', 0, 30., 0.5, lr=1e-3)  # another learning rate: a group of its own
+    for seed, miou in ((0, 35.), (1, 36.)):
+        _written_run(root / f'so-{seed}', seed, miou, method='source_only')
+    groups = {tuple(g['runs']): g for g in _groups(capsys, root)}
+    dada = groups[('dada-0', 'dada-1', 'dada-2', 'dada-3')]
+    assert (dada['method'], dada['arch'], dada['iters'], dada['n'], dada['seeds']) == ('dada', 'test_resnet', 4, 4,
+                                                                                       [0, 1, 2, 3])
+    assert dada['unfinished'] == ['dada-3']  # counted with its last validation
+    assert dada['miou']['mean'] == pytest.approx(41.75) and dada['miou']['n'] == 4
+    assert dada['miou']['std'] == pytest.approx(statistics.stdev([40, 42, 44, 41]))
+    assert dada['delta1']['mean'] == pytest.approx(0.62) and dada['miou13'] == {'mean': None, 'std': None, 'n': 0,
+                                                                                  'values': []}
+    assert dada['differs'] == {'lr': 0.01} and 'seed' not in dada['settings'] and 'device' not in dada['settings']
+    alone = groups[('dada-lr',)]
+    assert alone['n'] == 1 and alone['miou']['std'] is None and alone['differs'] == {'lr': 0.001}
+    plain = groups[('so-0', 'so-1')]
+    assert plain['method'] == 'source_only' and plain['delta1']['mean'] is None
+    assert plain['miou']['std'] == pytest.approx(statistics.stdev([35, 36]))
+    ranked = [g['runs'][0] for g in _groups(capsys, root, '--sort', 'miou')]
+    assert ranked == ['dada-0', 'so-0', 'dada-lr']
+    capsys.readouterr()
+    assert main(['runs', str(root), '--group']) == 0
+    out = capsys.readouterr().out
+    assert '3 groups of 7 runs' in out and 'dada-*' in out and 'so-*' in out and 'dada-lr' in out
+    assert '41.8 ± 1.7' in out and '4 (1 unfinished)' in out and '0.620 ± 0.016' in out and 'lr=0.001' in out
+    assert '30.0' in out and '30.0 ±' not in out  # one seed: no spread
+
+
+def _groups(capsys, *args) -> list[dict]:
+    capsys.readouterr()
+    assert main(['runs', *map(str, args), '--group', '--json']) == 0
+    return json.loads(capsys.readouterr().out)

@@ -15,13 +15,13 @@ README = PACKAGE.parent / 'README.md'
 # The layers, from the bottom: a module may import modules of its own layer or of the layers below it. A new module
 # must be placed here (the test says so), which is where its place in the story gets decided.
 LAYERS = [
-    ('foundations', {'errors', 'methods', 'protocols', 'storage', 'distributed'}),
+    ('foundations', {'errors', 'methods', 'protocols', 'storage', 'distributed', 'version'}),
     ('files and maths', {'losses', 'mixing', 'meta', 'weights', 'image_files', 'run_folder', 'metrics', 'model', 'datasets',
-                         'checkpoint', 'plots'}),
+                         'checkpoint', 'plots', 'outputs'}),
     ('data', {'preprocess', 'toy', 'data_report', 'report', 'data'}),
     ('training parts', {'callbacks', 'prediction'}),
     ('the learner', {'learner', 'history', 'config'}),
-    ('runs and inference', {'runs', 'inference', 'runs_table'}),
+    ('runs and inference', {'runs', 'inference', 'runs_table', 'onnx_export'}),
     ('the command line', {'cli', ''}),  # '' is the package itself (`dada_fastai/__init__.py`)
 ]
 
@@ -185,3 +185,28 @@ def test_optional_loggers_are_imported_in_their_own_module_only():
     pattern = re.compile(r'^\s*(import|from)\s+(wandb|tensorboard|torch\.utils\.tensorboard)\b', re.M)
     users = sorted(name for name, path in _modules().items() if pattern.search(path.read_text()))
     assert users == ['callbacks.tensorboard', 'callbacks.wandb']
+
+
+def test_onnx_is_imported_in_its_own_module_only():
+    """onnx (the `onnx` extra) is imported by `onnx_export.py` alone, and onnxruntime by no module of the package."""
+    def users(package: str) -> list[str]:
+        pattern = re.compile(rf'^\s*(import|from)\s+{package}\b', re.M)
+        return sorted(name for name, path in _modules().items() if pattern.search(path.read_text()))
+    assert users('onnx') == ['onnx_export'] and users('onnxruntime') == []
+
+
+def test_every_command_the_readme_shows_parses():
+    """Each `dada-fastai ...` command in the README's shell blocks names a command and options that exist (a loop's
+    variables stand for a method and a seed)."""
+    import shlex
+    from dada_fastai.cli import COMMANDS, _parser
+    blocks = re.findall(r'```bash\n(.*?)```', README.read_text(), re.S)
+    commands = []
+    for block in blocks:
+        text = block.replace('\\\n', ' ').replace('$m', 'dada').replace('$s', '0')
+        commands += [c.split('#')[0].strip() for c in re.findall(r'dada-fastai [^;&|\n]*', text)]
+    assert len(commands) >= 15
+    for command in commands:
+        name, *rest = shlex.split(command)[1:]
+        assert name in COMMANDS, command
+        _parser(name).parse_args(rest)  # a usage mistake exits (SystemExit) and fails the test
