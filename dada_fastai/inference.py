@@ -242,9 +242,9 @@ def predict_files(model: str | Path, inputs, out: str | Path, size: str | None =
     files written."""
     formats, scales = parse_formats(formats), check_scales(scales)
     files = _expand_inputs(inputs)  # a wrong path fails before the model loads
-    _distinct_stems(files)
     lm = load_model(model, device, precision)
     encoding = check_formats(formats, lm.run_config, lm.meta.depth_block, str(model))
+    _distinct_stems(files)  # after the model's own problems, which a user fixes first
     size = parse_size(size or lm.run_config.get('target_size'))
     out = Path(out)
     written = []

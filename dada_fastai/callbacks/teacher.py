@@ -72,9 +72,11 @@ class MeanTeacher(Callback):
     @contextmanager
     def normalising(self):
         """The teacher's modes while it labels a target batch: eval mode (no dropout or drop-path), its BatchNorm on
-        the batch's statistics under `bn='batch'` (momentum 0: the running statistics stay as they are)."""
+        the batch's statistics under `bn='batch'` (momentum 0: the running statistics stay as they are, and so does
+        the batch counter: labelling changes nothing in the teacher)."""
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [(m.momentum, m.training) for m in bns]
+        saved = [(m.momentum, m.training, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                 for m in bns]
         self.model.eval()
         if self.bn == 'batch':
             for m in bns:
@@ -83,8 +85,10 @@ class MeanTeacher(Callback):
         try:
             yield self.model
         finally:
-            for m, (momentum, training) in zip(bns, saved):
+            for m, (momentum, training, tracked) in zip(bns, saved):
                 m.momentum, m.training = momentum, training
+                if tracked is not None:
+                    m.num_batches_tracked.copy_(tracked)  # the counter a batch-statistics forward moved
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
