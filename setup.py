@@ -21,7 +21,7 @@ setup(
     packages=find_packages(include=[cfg['lib_path'], f"{cfg['lib_path']}.*"]),
     package_data={cfg['lib_path']: ['presets/*.yaml']},
     install_requires=cfg['requirements'].split(),
-    extras_require={k[:-len('_requirements')]: cfg[k].split() for k in cfg  # dev, tensorboard, wandb, onnx
+    extras_require={k[:-len('_requirements')]: cfg[k].split() for k in cfg  # dev, tensorboard, wandb, onnx, docs
                     if k.endswith('_requirements')},
     entry_points={'console_scripts': cfg['console_scripts'].split()},
     zip_safe=False,

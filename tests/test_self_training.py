@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,8 @@ def test_the_weighted_cross_entropy():
 def test_no_gradient_reaches_the_teacher_and_it_follows_the_student(pair):
     cfg = resolve_config(None, **tiny_options(*pair, method='dada_st', iters=2, st_alpha=0.5))
     learn = build_run_learner(cfg)
-    with learn.no_bar(), learn.no_logging():
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter('error')  # the teacher's own network does not shadow `learn.model` (fastai warns)
         learn.fit_iters(2, schedule='constant')
     teacher = learn.teacher.model
     assert learn.teacher.step == 2
@@ -232,6 +234,15 @@ def test_evaluate_names_the_network_and_show_results_shows_what_was_taught(pair,
     titles = [a.get_title() for a in axs]
     assert len(axs) == 5 * 3  # 2 images x (image, truth, prediction, teacher, depth), and what was taught
     assert 'mixed image' in titles and any(t.startswith("teacher's pseudo-label") for t in titles)
+
+
+def test_the_toy_gives_self_training_its_own_budget_and_weights():
+    """With no data, a self-training method trains 600 iterations with the toy's lighter mixed-image loss; DADA keeps
+    its 300; an explicit option still wins."""
+    st, dada = resolve_config(method='dada_st'), resolve_config()
+    assert (st.iters, st.lambda_st, st.st_source_weight, st.lambda_st_depth) == (600, 0.25, 0.5, 0.1)
+    assert (dada.method, dada.iters, resolve_config(method='dacs').iters) == ('dada', 300, 600)
+    assert resolve_config(method='dacs', iters=50, lambda_st=1.).lambda_st == 1.
 
 
 def test_self_training_options_and_mixes_are_checked(pair):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / 'dada_fastai'
-README = PACKAGE.parent / 'README.md'
 
 # The layers, from the bottom: a module may import modules of its own layer or of the layers below it. A new module
 # must be placed here (the test says so), which is where its place in the story gets decided.
@@ -164,22 +163,6 @@ def test_renamed_names_are_the_same_objects():
     assert protocols.ClassProtocol is not typing.Protocol
 
 
-def test_every_name_the_readme_imports_exists():
-    blocks = re.findall(r'```python\n(.*?)```', README.read_text(), re.S)
-    found = []
-    for block in blocks:
-        try:
-            tree = ast.parse(block)
-        except SyntaxError:  # a fragment (a field of a class), not a program
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('dada_fastai'):
-                found += [(node.module, a.name) for a in node.names]
-    assert found, 'the README shows no import'
-    missing = [f'{m}.{n}' for m, n in found if not hasattr(importlib.import_module(m), n)]
-    assert missing == []
-
-
 def test_optional_loggers_are_imported_in_their_own_module_only():
     """tensorboard and wandb are imported by `callbacks/tensorboard.py` and `callbacks/wandb.py` alone."""
     pattern = re.compile(r'^\s*(import|from)\s+(wandb|tensorboard|torch\.utils\.tensorboard)\b', re.M)
@@ -193,20 +176,3 @@ def test_onnx_is_imported_in_its_own_module_only():
         pattern = re.compile(rf'^\s*(import|from)\s+{package}\b', re.M)
         return sorted(name for name, path in _modules().items() if pattern.search(path.read_text()))
     assert users('onnx') == ['onnx_export'] and users('onnxruntime') == []
-
-
-def test_every_command_the_readme_shows_parses():
-    """Each `dada-fastai ...` command in the README's shell blocks names a command and options that exist (a loop's
-    variables stand for a method and a seed)."""
-    import shlex
-    from dada_fastai.cli import COMMANDS, _parser
-    blocks = re.findall(r'```bash\n(.*?)```', README.read_text(), re.S)
-    commands = []
-    for block in blocks:
-        text = block.replace('\\\n', ' ').replace('$m', 'dada').replace('$s', '0')
-        commands += [c.split('#')[0].strip() for c in re.findall(r'dada-fastai [^;&|\n]*', text)]
-    assert len(commands) >= 15
-    for command in commands:
-        name, *rest = shlex.split(command)[1:]
-        assert name in COMMANDS, command
-        _parser(name).parse_args(rest)  # a usage mistake exits (SystemExit) and fails the test

@@ -44,9 +44,11 @@ class MeanTeacher(Callback):
         return 'teacher'
 
     def _make(self) -> None:
-        self.model = copy.deepcopy(_student(self.learn))
-        self.model.requires_grad_(False)
-        self.model.eval()
+        self._set_model(copy.deepcopy(_student(self.learn)).requires_grad_(False).eval())
+
+    def _set_model(self, model: nn.Module | None) -> None:
+        # its own network, not the Learner's: set past fastai's warning about shadowing `learn.model`
+        self.__dict__['model'] = model
 
     # fastai's `validate` fires before_fit and after_fit too: the teacher is made at the first training epoch
     def before_fit(self):
@@ -105,7 +107,7 @@ class MeanTeacher(Callback):
         """Restore what `state_dict` saved."""
         self.step = int(state['step'])
         if state['model'] is None:
-            self.model = None
+            self._set_model(None)
             return
         if self.model is None:
             self._make()
