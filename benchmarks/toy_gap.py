@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -177,7 +178,8 @@ def bar_chart(results: list[dict], methods: list[str], seeds: list[int], path: P
                color=('#999999', '#6b9bd1', '#d1605e', '#59a14f', '#b07aa1', '#f28e2b', '#edc948', '#76b7b2')[i % 8], alpha=0.85)
         ax.scatter([i] * len(vals), vals, color='k', s=12, zorder=3)
         ax.text(i, np.mean(vals) + 0.6, f'{np.mean(vals):.1f}', ha='center', va='bottom', fontsize=9)
-    ax.set_xticks(range(len(methods)), [LABELS.get(m, m) for m in methods], fontsize=8)
+    ax.set_xticks(range(len(methods)), [textwrap.fill(LABELS.get(m, m), 16) for m in methods],
+                  fontsize=8)  # wrapped: the self-training rows' names are long
     ax.set_ylabel('target mIoU (%)')
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
