@@ -108,3 +108,15 @@ class Poison(Callback):
         if self.training and self.train_iter == self.at and self.rank in (None, rank_distrib()):
             self.learn.loss_grad = self.loss_grad * float('nan')
             self.learn.loss = self.loss * float('nan')
+
+
+def fails_in_one_line(capsys, args: list[str], says: str, code: int = 1) -> None:
+    """`dada-fastai ARGS` exits with `code` and one line on stderr, `dada-fastai: error: ...`, that contains `says`."""
+    import pytest
+    from dada_fastai.cli import main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == code and err.startswith('dada-fastai: error:') and '\n' not in err, err
+    assert says in err, err

@@ -16,7 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
-PAGES = [p for p in PAGES if not p.name.startswith('_')]
 NEEDS_DATA = '# needs real data'  # the first line of an example the tests cannot run (no dataset here)
 
 

@@ -15,7 +15,7 @@ from dada_fastai.inference import export_model, load_model
 from dada_fastai.meta import RunMeta
 from dada_fastai.onnx_export import preprocessing
 from dada_fastai.run_folder import RunFolder
-from e2e import make_run
+from e2e import fails_in_one_line, make_run
 
 onnx = pytest.importorskip('onnx', reason='the onnx extra: pip install ".[onnx]"')
 ort = pytest.importorskip('onnxruntime', reason='the onnx extra: pip install ".[onnx]"')
@@ -94,10 +94,5 @@ def test_a_missing_extra_and_bad_options_are_one_line(tmp_path, capsys, monkeypa
     monkeypatch.setitem(sys.modules, 'onnx', None)  # as if the extra were not installed
     cases.append((['export', str(run)], 'pip install "dada-fastai[onnx]"', 1))
     for args, says, code in cases:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as e:
-            main(args)
-        err = capsys.readouterr().err.strip()
-        assert e.value.code == code and err.startswith('dada-fastai: error:') and '\n' not in err, err
-        assert says in err, err
+        fails_in_one_line(capsys, args, says, code)
     assert not RunFolder(run).onnx.exists()

@@ -21,7 +21,7 @@ from dada_fastai.outputs import DepthEncoding, label_ids_problem
 from dada_fastai.prediction import TestTimeAugmentation as TTA  # (not a test class)
 from dada_fastai.protocols import get_protocol
 from dada_fastai.run_folder import RunFolder
-from e2e import make_run
+from e2e import fails_in_one_line, make_run
 from layouts import CITYSCAPES_TO_7, CITYSCAPES_TO_16, make_cityscapes, make_vistas
 
 IMAGE = (40, 72)  # the tiny Cityscapes images (H, W)
@@ -288,38 +288,29 @@ def test_show_results_has_a_legend_of_the_class_colours(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # One line for each mistake
 # ---------------------------------------------------------------------------------------------------------
-def _fails(capsys, args: list[str], says: str, code: int = 1) -> None:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == code and err.startswith('dada-fastai: error:') and '\n' not in err, err
-    assert says in err, err
-
-
 def test_mistakes_are_one_line(data, run16, tmp_path, capsys):
     images, out = str(data / 'leftImg8bit' / 'val'), tmp_path / 'pred'
-    _fails(capsys, ['predict', str(run16), images, '--out', str(out), '--format', 'color,labelids'],
+    fails_in_one_line(capsys, ['predict', str(run16), images, '--out', str(out), '--format', 'color,labelids'],
            "--format must be a comma list of color, overlay, train-ids, label-ids, depth, npy", code=1)
-    _fails(capsys, ['predict', str(run16), images, '--out', str(out), '--scales', '0.75,0'], '--scales must be')
-    _fails(capsys, ['evaluate', str(run16), '--tta', 'mirror'], "invalid choice: 'mirror'", code=2)
+    fails_in_one_line(capsys, ['predict', str(run16), images, '--out', str(out), '--scales', '0.75,0'], '--scales must be')
+    fails_in_one_line(capsys, ['evaluate', str(run16), '--tta', 'mirror'], "invalid choice: 'mirror'", code=2)
     vistas = make_vistas(tmp_path / 'vistas')
     run = make_run(tmp_path / 'on_vistas', 'synthia:/data/synthia', f'vistas:{vistas}', classes=7)
-    _fails(capsys, ['predict', str(run), images, '--out', str(out), '--format', 'label-ids'],
+    fails_in_one_line(capsys, ['predict', str(run), images, '--out', str(out), '--format', 'label-ids'],
            'the run\'s target is vistas:')
     alone = tmp_path / 'alone.safetensors'  # a model without the run configuration that names its target
     shutil.copy(RunFolder(run16).export, alone)
-    _fails(capsys, ['predict', str(alone), images, '--out', str(out), '--format', 'label-ids'],
+    fails_in_one_line(capsys, ['predict', str(alone), images, '--out', str(out), '--format', 'label-ids'],
            'no run configuration (config.yaml)')
     plain = make_run(tmp_path / 'plain', 'synthia:/data/synthia', f'cityscapes:{data}', method='source_only')
-    _fails(capsys, ['predict', str(plain), images, '--out', str(out), '--format', 'color,depth'], 'has no depth block')
+    fails_in_one_line(capsys, ['predict', str(plain), images, '--out', str(out), '--format', 'color,depth'], 'has no depth block')
     from_vistas = make_run(tmp_path / 'from_vistas', f'vistas:{vistas}', f'cityscapes:{data}', classes=7)
-    _fails(capsys, ['predict', str(from_vistas), images, '--out', str(out), '--format', 'depth'], 'which has no depth')
+    fails_in_one_line(capsys, ['predict', str(from_vistas), images, '--out', str(out), '--format', 'depth'], 'which has no depth')
     twins = tmp_path / 'twins'
     for sub in ('a', 'b'):
         (twins / sub).mkdir(parents=True)
         shutil.copy(_images(data)[0], twins / sub / 'x.png')
-    _fails(capsys, ['predict', str(run16), str(twins), '--out', str(out)], 'two images named x')
+    fails_in_one_line(capsys, ['predict', str(run16), str(twins), '--out', str(out)], 'two images named x')
     assert not out.exists()
     assert len(predict_files(plain, [_images(data)[0]], out, formats='npy', device='cpu')) == 1  # probabilities alone
     assert 'label-ids' in label_ids_problem({'target': 'folder:/f', 'source': 'synthia:/s'})
