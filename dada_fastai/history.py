@@ -19,7 +19,7 @@ from fastai.torch_core import rank_distrib
 from fastcore.basics import noop
 
 from .callbacks import LineProgress, TermMeter, TrainTerm, batch_terms, finding_lr, learning_rates, progress_mode
-from .callbacks import validation_values
+from .callbacks import default_intervals, nice_interval, validation_values  # noqa: F401 (public here too)
 from .errors import ConfigError
 from .plots import draw_curves, fixed_images, prediction_grid
 from .run_folder import RunFolder, is_validation_row, read_history, write_history_rows
@@ -28,29 +28,6 @@ __all__ = ['LOGGERS', 'nice_interval', 'default_intervals', 'read_history', 'His
            'add_run_logging', 'close_loggers']
 
 LOGGERS = ('tensorboard', 'wandb')  # what --log takes (each installed by the extra of its name)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Intervals
-# ---------------------------------------------------------------------------------------------------------
-def nice_interval(n_iters: int, n_points: int) -> int:
-    """The smallest of 1, 2, 5, 10, 20, 50, ... iterations that gives at most `n_points` points over
-    `n_iters` iterations."""
-    target = max(n_iters / max(n_points, 1), 1)
-    k = 10 ** math.floor(math.log10(target))
-    for m in (1, 2, 5, 10):
-        if m * k >= target - 1e-9:
-            return int(m * k)
-    return int(10 * k)
-
-
-def default_intervals(iters: int, fast: bool = False) -> dict[str, int]:
-    """Iterations between history rows (about 1000 a run), plain progress lines (about 60) and image grids
-    (about 20). In fast mode rows and lines come at most every 50 iterations: each reads the loss terms
-    back from the device, which fast mode does every 50 iterations only."""
-    floor = 50 if fast else 1
-    return {'log_every': max(nice_interval(iters, 1000), floor), 'print_every': max(nice_interval(iters, 60), floor),
-            'image_every': nice_interval(iters, 20)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -84,15 +61,18 @@ class HistoryLogger(Callback):
 
     When a fit starts at iteration k (a resume), rows after k (written after the checkpoint, before a crash)
     are dropped, so the history goes on without duplicates; a missing or damaged file is restarted or
-    rebuilt from its readable rows, with a warning. `curves.png` is redrawn after each validation. `sinks`
+    rebuilt from its readable rows, with a warning. `curves.png` is redrawn after a validation when
+    `curves_every` seconds have passed since it was last drawn (drawing takes about a second on a CPU), and at
+    the end of a fit or of the run when a validation is not drawn yet. `sinks`
     (TensorBoard, W&B) receive the same rows, and every `image_every` iterations a grid of target image /
     prediction / predicted depth. Only the main process writes."""
     order = -11  # before TrainEvalCallback (-10): see the events below
 
     def __init__(self, run_dir: str | Path, every: int = 1, sinks=(), image_every: int | None = None,
-                 n_images: int = 4):
+                 n_images: int = 4, curves_every: float = 30.):
         self.folder, self.every, self.sinks = RunFolder(run_dir), max(int(every), 1), list(sinks)
         self.image_every, self.n_images = image_every, n_images
+        self.curves_every, self.curves_drawn, self.curves_due = curves_every, None, False
         self.prepared, self.images, self.warned, self.fitting, self.iter_at_fit = False, None, set(), False, 0
         self.iteration = None  # the last training iteration this callback saw
 
@@ -220,17 +200,27 @@ class HistoryLogger(Callback):
             self.last_valid = self.iteration
             for sink in self.sinks:
                 self._safely(sink.flush)
+        self.curves_due = True
+        if not self.fitting or self.curves_drawn is None or time.time() - self.curves_drawn >= self.curves_every:
+            self._draw_curves()
+
+    def _draw_curves(self) -> None:
         self._safely(draw_curves, self.path, self.folder.curves)
+        self.curves_drawn, self.curves_due = time.time(), False
 
     def after_fit(self):
         if self.fitting:
             self._train_row()  # the iterations since the last row
             for sink in self.sinks:
                 self._safely(sink.flush)
+            if self.curves_due:
+                self._draw_curves()
         self.fitting = False
 
     def close(self, exit_code: int = 0) -> None:
-        """Close the loggers (at the end of the run, or when it fails)."""
+        """Close the loggers (at the end of the run, or when it fails), and draw the validations not drawn yet."""
+        if self.curves_due and self.active:
+            self._draw_curves()
         for sink in self.sinks:
             self._safely(sink.close, exit_code)
 
@@ -288,7 +278,7 @@ def add_run_logging(learn, cfg, run_dir: str | Path | None, stage: str = 'traini
 
 
 def close_loggers(learn, exit_code: int = 0) -> None:
-    """Close the TensorBoard and W&B loggers of `learn`'s history (end of the run)."""
+    """Close the TensorBoard and W&B loggers of `learn`'s history and draw its last validations (end of the run)."""
     history = getattr(learn, 'history', None)
     if isinstance(history, HistoryLogger):
         history.close(exit_code)

@@ -20,7 +20,7 @@ from fastcore.foundation import L
 from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
-                        MeanTeacher, NonFiniteGuard, PseudoLabelQuality, SelfTraining, SetEpoch, TableProgress,
+                        MeanTeacher, NonFiniteGuard, SelfTraining, SetEpoch, TableProgress, pseudo_label_reports,
                         ThrottledProgress, cpu_has_native_bf16, default_precision, poly_decay,  # noqa: F401
                         self_training_terms)
 from .metrics import (ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, PerImageMIoU, confusion_matrix,  # noqa: F401
@@ -544,7 +544,7 @@ def dada_learner(dls: DataLoaders, method: str | MethodConfig = 'dada', arch: st
     cm, depth_acc, metrics = _validation_metrics(
         proto, depth=cfg.depth_block and getattr(getattr(dls, 'target_ds', None), 'has_depth', False))
     if st:
-        metrics += [PseudoLabelQuality('acc', st['threshold']), PseudoLabelQuality('conf', st['threshold'])]
+        metrics += pseudo_label_reports(st['threshold'])
     metrics += list(trainer.terms.values())
     learn = DADALearner(dls, model, loss_func=DADALoss(lambdas, depth_scale), opt_func=opt_func or partial(sgd_reference, wd=wd),
                         lr=lr, splitter=param_groups, metrics=metrics, wd=wd,

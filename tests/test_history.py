@@ -100,6 +100,35 @@ def test_resume_continues_the_history_without_duplicates(full, crashed, tmp_path
     assert status['state'] == 'finished' and status['sessions'] == 2
 
 
+def _drawings(monkeypatch) -> list[list[int]]:
+    """Record, for each drawing of curves.png, the iterations of the validations the history held then."""
+    import dada_fastai.history as history
+    drawn = []
+
+    def draw(path, out, *args, **kwargs):
+        drawn.append([int(r['iter']) for r in read_history(path)[1] if r['miou']])
+        return draw_curves(path, out, *args, **kwargs)
+    monkeypatch.setattr(history, 'draw_curves', draw)
+    return drawn
+
+
+def test_curves_are_drawn_at_most_every_half_minute_and_at_the_end(pair, tmp_path, monkeypatch):
+    drawn = _drawings(monkeypatch)
+    train(resolve_config(None, out=str(tmp_path / 'run'), **_opts(pair, iters=6, checkpoint_every=0)))
+    # the first validation drawn at once; the one at 4 (seconds later) waits for the end of the fit; the final
+    # evaluation (not a new row: it is the validation at 6) is drawn again
+    assert drawn == [[2], [2, 4, 6], [2, 4, 6]]
+    assert (tmp_path / 'run' / 'curves.png').is_file()
+
+
+def test_a_run_that_stops_draws_the_validations_it_made(pair, tmp_path, monkeypatch):
+    drawn = _drawings(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(resolve_config(None, out=str(tmp_path / 'run'), **_opts(pair, iters=8, checkpoint_every=0)),
+              cbs=[_Crash(5)])
+    assert drawn == [[2], [2, 4]]
+
+
 def _cut_mid_row(p: Path):
     text = p.read_text()
     p.write_text(text[:len(text) - 25])

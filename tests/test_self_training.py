@@ -111,6 +111,37 @@ def test_the_weighted_cross_entropy():
     assert math.isclose(float(weighted_cross_entropy(logits, labels, weights)), float(expected), rel_tol=1e-6)
 
 
+def test_the_pseudo_label_reports_share_one_teacher_pass_per_batch():
+    from types import SimpleNamespace
+    from dada_fastai.callbacks import pseudo_label_reports
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0] = 10.  # top row: class 1, confident; bottom row: a tie (confidence 0.5), argmax class 0
+    calls = []
+
+    class Teacher:
+        model = nn.Identity()
+
+        def predict(self, x):
+            calls.append(x)
+            return logits, None
+    learn = SimpleNamespace(teacher=Teacher())
+    reports = pseudo_label_reports(0.9)
+    for r in reports:
+        r.reset()
+    for label in (torch.tensor([[[1, 0], [0, 255]]]), torch.tensor([[[1, 1], [1, 1]]])):
+        learn.xb, learn.yb = (torch.zeros(1, 3, 2, 2),), (label,)
+        for r in reports:
+            r.accumulate(learn)
+    assert len(calls) == 2  # one pass per batch for both reports
+    acc, conf = reports
+    assert (acc.name, conf.name) == ('pl_acc', 'pl_conf')
+    assert acc.value == pytest.approx(100. * (2 + 2) / (3 + 4))  # right on 2 of 3 labelled pixels, then on 2 of 4
+    assert conf.value == pytest.approx(50.)  # the top rows above 0.9, of 8 pixels
+    for r in reports:
+        r.reset()
+    assert acc.value is None and conf.value is None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The methods in training
 # ---------------------------------------------------------------------------------------------------------

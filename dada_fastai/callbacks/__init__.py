@@ -9,10 +9,11 @@
 - `backend`: the CUDA backend settings (`CudaBackend`, `tf32`, `cudnn_autotuner`), contexts around fit and validation;
 - `nonfinite`: `NonFiniteGuard`, what a NaN or infinite loss does;
 - `mixed_precision`: `DeviceMixedPrecision`, fastai's mixed precision on any device;
-- `progress`: `TableProgress` and `ThrottledProgress`, the progress bars and epoch table, and `LineProgress`,
-  plain lines for logs written to files;
+- `progress`: `default_intervals`, how often a run reports; `TableProgress` and `ThrottledProgress`, the progress
+  bars and epoch table, and `LineProgress`, plain lines for logs written to files;
 - `teacher`, `self_training`: `MeanTeacher` and `SelfTraining`, self-training on mixed images (DACS), and
-  `PseudoLabelQuality`, the teacher's pseudo-labels measured on the labelled target validation set;
+  `PseudoLabelQuality` (`pseudo_label_reports`), the teacher's pseudo-labels measured on the labelled target
+  validation set;
 - `tensorboard`, `wandb`: the optional loggers' sinks (imported only when `--log` asks for them)."""
 from .adversarial import DADATrainer
 from .backend import CudaBackend, cudnn_autotuner, tf32
@@ -20,8 +21,9 @@ from .batchnorm import FrozenBatchNorm, uses_batch_statistics
 from .loss_terms import TermMeter, TrainTerm, batch_terms, validation_values
 from .mixed_precision import DeviceMixedPrecision, cpu_has_native_bf16, default_precision
 from .nonfinite import NonFiniteGuard, NonFiniteLoss
-from .progress import LineProgress, TableProgress, ThrottledProgress, fit_number, progress_mode
-from .self_training import PseudoLabelQuality, SelfTraining, self_training_terms
+from .progress import (LineProgress, TableProgress, ThrottledProgress, default_intervals, fit_number, nice_interval,
+                       progress_mode)
+from .self_training import PseudoLabelQuality, SelfTraining, pseudo_label_reports, self_training_terms
 from .teacher import MeanTeacher
 from .schedule import HeadLR, IterBudget, SetEpoch, finding_lr, learning_rates, poly_decay
 
@@ -29,5 +31,6 @@ __all__ = ['TrainTerm', 'TermMeter', 'batch_terms', 'validation_values', 'DADATr
            'SetEpoch', 'poly_decay', 'finding_lr', 'learning_rates', 'NonFiniteLoss', 'NonFiniteGuard',
            'uses_batch_statistics', 'CudaBackend', 'tf32', 'cudnn_autotuner', 'FrozenBatchNorm', 'DeviceMixedPrecision',
            'cpu_has_native_bf16', 'default_precision',
-           'TableProgress', 'ThrottledProgress', 'LineProgress', 'progress_mode', 'fit_number', 'MeanTeacher',
-           'SelfTraining', 'PseudoLabelQuality', 'self_training_terms']
+           'TableProgress', 'ThrottledProgress', 'LineProgress', 'progress_mode', 'fit_number', 'nice_interval',
+           'default_intervals', 'MeanTeacher',
+           'SelfTraining', 'PseudoLabelQuality', 'pseudo_label_reports', 'self_training_terms']

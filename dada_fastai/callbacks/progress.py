@@ -1,8 +1,9 @@
-"""Progress while training: fastai's bars and epoch table with values that fit their columns (`TableProgress`), fewer
-reads from the device in fast mode (`ThrottledProgress`), and plain lines for logs written to files (`LineProgress`);
-`progress_mode` picks one for the output at hand."""
+"""Progress while training: how often to report (`default_intervals`), fastai's bars and epoch table with values that
+fit their columns (`TableProgress`), fewer reads from the device in fast mode (`ThrottledProgress`), and plain lines for
+logs written to files (`LineProgress`); `progress_mode` picks one for the output at hand."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -13,7 +14,28 @@ from fastcore.basics import noop
 from .loss_terms import TermMeter, batch_terms, validation_values
 from .schedule import IterBudget, finding_lr, learning_rates
 
-__all__ = ['fit_number', 'TableProgress', 'ThrottledProgress', 'LineProgress', 'progress_mode', 'hms']
+__all__ = ['nice_interval', 'default_intervals', 'fit_number', 'TableProgress', 'ThrottledProgress', 'LineProgress',
+           'progress_mode', 'hms']
+
+
+def nice_interval(n_iters: int, n_points: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... iterations that gives at most `n_points` points over
+    `n_iters` iterations."""
+    target = max(n_iters / max(n_points, 1), 1)
+    k = 10 ** math.floor(math.log10(target))
+    for m in (1, 2, 5, 10):
+        if m * k >= target - 1e-9:
+            return int(m * k)
+    return int(10 * k)
+
+
+def default_intervals(iters: int, fast: bool = False) -> dict[str, int]:
+    """Iterations between history rows (about 1000 a run), plain progress lines (about 60) and image grids
+    (about 20). In fast mode rows and lines come at most every 50 iterations: each reads the loss terms
+    back from the device, which fast mode does every 50 iterations only."""
+    floor = 50 if fast else 1
+    return {'log_every': max(nice_interval(iters, 1000), floor), 'print_every': max(nice_interval(iters, 60), floor),
+            'image_every': nice_interval(iters, 20)}
 
 
 def fit_number(value: float, width: int) -> str:

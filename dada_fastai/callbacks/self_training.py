@@ -15,7 +15,7 @@ from ..mixing import (class_mix_masks, confidence_weight, depth_aware_masks, mix
                       weighted_cross_entropy)
 from .adversarial import DADATrainer
 
-__all__ = ['SelfTraining', 'PseudoLabelQuality', 'self_training_terms']
+__all__ = ['SelfTraining', 'PseudoLabelQuality', 'pseudo_label_reports', 'self_training_terms']
 
 
 def self_training_terms(depth: bool) -> tuple[str, ...]:
@@ -157,37 +157,61 @@ class SelfTraining(Callback):
             self.learn.dada._scaled(self._loss()).backward()
 
 
-class PseudoLabelQuality(Metric):
-    """The teacher's pseudo-labels on the target validation set, as it gives them in training: `pl_acc`, the share of
-    labelled pixels where they are right (%), or `pl_conf`, the share of pixels at or above the confidence threshold
-    (%). The labels are read for this report only; training never sees them. None before the teacher exists."""
+class _PseudoLabelCounts:
+    """The counts behind both reports of the teacher's pseudo-labels, from one teacher pass per validation batch."""
 
-    def __init__(self, kind: str, threshold: float):
-        self.kind, self.threshold = kind, threshold
+    def __init__(self, threshold: float):
+        self.threshold = threshold
         self.reset()
 
     def reset(self):
-        self.hits = self.count = 0.
+        self.right = self.labelled = self.confident = self.pixels = 0.
+        self.batch = None
 
     def accumulate(self, learn):
         teacher = getattr(learn, 'teacher', None)
-        if teacher is None or teacher.model is None:
+        if teacher is None or teacher.model is None or learn.xb[0] is self.batch:  # the other report's batch
             return
+        self.batch = learn.xb[0]
         label = learn.yb[0]
         seg, _ = teacher.predict(learn.xb[0])
         pseudo, conf = pseudo_labels(upsample(seg.float(), label.shape[-2:]))
-        if self.kind == 'acc':
-            valid = label != IGNORE_INDEX
-            self.hits += float((pseudo == label)[valid].sum())
-            self.count += float(valid.sum())
-        else:
-            self.hits += float((conf >= self.threshold).sum())
-            self.count += conf.numel()
+        valid = label != IGNORE_INDEX
+        self.right += float((pseudo == label)[valid].sum())
+        self.labelled += float(valid.sum())
+        self.confident += float((conf >= self.threshold).sum())
+        self.pixels += conf.numel()
+
+
+class PseudoLabelQuality(Metric):
+    """The teacher's pseudo-labels on the target validation set, as it gives them in training: `pl_acc`, the share of
+    labelled pixels where they are right (%), or `pl_conf`, the share of pixels at or above the confidence threshold
+    (%). The labels are read for this report only; training never sees them. None before the teacher exists.
+    Reports given the same `counts` (`pseudo_label_reports`) share one teacher pass per batch."""
+
+    def __init__(self, kind: str, threshold: float, counts: _PseudoLabelCounts | None = None):
+        if kind not in ('acc', 'conf'):
+            raise ValueError(f"unknown pseudo-label report {kind!r}; valid: acc, conf")
+        self.kind, self.counts = kind, counts or _PseudoLabelCounts(threshold)
+
+    def reset(self):
+        self.counts.reset()
+
+    def accumulate(self, learn):
+        self.counts.accumulate(learn)
 
     @property
     def value(self):
-        return 100. * self.hits / self.count if self.count else None
+        c = self.counts
+        hits, count = (c.right, c.labelled) if self.kind == 'acc' else (c.confident, c.pixels)
+        return 100. * hits / count if count else None
 
     @property
     def name(self):
         return f'pl_{self.kind}'
+
+
+def pseudo_label_reports(threshold: float) -> list[PseudoLabelQuality]:
+    """`pl_acc` and `pl_conf`, the two reports of the teacher's pseudo-labels, from one teacher pass per batch."""
+    counts = _PseudoLabelCounts(threshold)
+    return [PseudoLabelQuality('acc', threshold, counts), PseudoLabelQuality('conf', threshold, counts)]
