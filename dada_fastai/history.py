@@ -219,7 +219,7 @@ class HistoryLogger(Callback):
 
     def close(self, exit_code: int = 0) -> None:
         """Close the loggers (at the end of the run, or when it fails), and draw the validations not drawn yet."""
-        if self.curves_due and self.active:
+        if self.curves_due:  # set by a validation of the main process only
             self._draw_curves()
         for sink in self.sinks:
             self._safely(sink.close, exit_code)

@@ -20,9 +20,9 @@ from fastcore.foundation import L
 from torch import nn
 
 from .callbacks import (CudaBackend, DADATrainer, DeviceMixedPrecision, FrozenBatchNorm, HeadLR, IterBudget,
-                        MeanTeacher, NonFiniteGuard, SelfTraining, SetEpoch, TableProgress, pseudo_label_reports,
+                        MeanTeacher, NonFiniteGuard, SelfTraining, SetEpoch, TableProgress,
                         ThrottledProgress, cpu_has_native_bf16, default_precision, poly_decay,  # noqa: F401
-                        self_training_terms)
+                        pseudo_label_reports, self_training_terms)
 from .metrics import (ConfusionMatrix, DepthAccuracy, DepthDelta1, MeanIoU, PerImageMIoU, confusion_matrix,  # noqa: F401
                       finite_mean, iou_from_confusion)
 from .losses import Lambdas, source_loss, upsample

@@ -32,5 +32,5 @@ __all__ = ['TrainTerm', 'TermMeter', 'batch_terms', 'validation_values', 'DADATr
            'uses_batch_statistics', 'CudaBackend', 'tf32', 'cudnn_autotuner', 'FrozenBatchNorm', 'DeviceMixedPrecision',
            'cpu_has_native_bf16', 'default_precision',
            'TableProgress', 'ThrottledProgress', 'LineProgress', 'progress_mode', 'fit_number', 'nice_interval',
-           'default_intervals', 'MeanTeacher',
-           'SelfTraining', 'PseudoLabelQuality', 'pseudo_label_reports', 'self_training_terms']
+           'default_intervals', 'MeanTeacher', 'SelfTraining', 'PseudoLabelQuality', 'pseudo_label_reports',
+           'self_training_terms']
